@@ -1,3 +1,45 @@
-"""gracheck: the machine-checked companion to Kumar & Poole, "On Implicit Regularization in β-VAEs" (ICML 2020)."""
+"""gracheck: the machine-checked companion to Kumar & Poole, "On Implicit Regularization in β-VAEs" (ICML 2020).
+
+The public API is re-exported here; submodules hold the implementations.
+"""
 
 __version__ = "0.1.0"
+
+from gracheck.autodiff import decoder_jacobian, jacobian_columns, per_example_batchnorm
+from gracheck.likelihoods import BernoulliObs, GaussianObs
+from gracheck.objectives import (
+    beta_vae_objective,
+    gaussian_kl,
+    grae_approx_objective,
+    grae_objective,
+    grae_regularizer,
+    hadamard_bound,
+    optimal_covariance,
+    orthogonality_penalty,
+    taylor_gap,
+    taylor_objective,
+)
+from gracheck.posteriors import GaussianPosterior, block_sizes, num_params, scale_tril_from_params
+
+__all__ = [
+    "__version__",
+    "BernoulliObs",
+    "GaussianObs",
+    "GaussianPosterior",
+    "beta_vae_objective",
+    "block_sizes",
+    "decoder_jacobian",
+    "gaussian_kl",
+    "grae_approx_objective",
+    "grae_objective",
+    "grae_regularizer",
+    "hadamard_bound",
+    "jacobian_columns",
+    "num_params",
+    "optimal_covariance",
+    "orthogonality_penalty",
+    "per_example_batchnorm",
+    "scale_tril_from_params",
+    "taylor_gap",
+    "taylor_objective",
+]

@@ -49,6 +49,8 @@ TOLERANCES: dict[str, Tolerance] = {
         rtol=1e-6,
         reason="central differences with h=1e-5 in float64: truncation ~h^2, rounding ~eps/h",
     ),
+    # ---- Sec. 3 / App. A / App. B family (sec3_uniqueness.py) ----
+    # ---- Sec. 4 / 5 / 7 families (sec4_taylor.py, sec5_grae.py, sec7_gap.py) ----
 }
 
 

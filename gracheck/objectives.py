@@ -1,0 +1,326 @@
+"""The objectives of Kumar & Poole (2020): β-VAE (Eq. 2), Taylor (Eq. 7), GRAE (Eq. 12/13), GRAE≈ (Eq. 14).
+
+Two layers:
+
+* pure tensor math on Jacobians, Hessian diagonals and covariances
+  (:func:`optimal_covariance`, :func:`grae_regularizer`, :func:`hadamard_bound`,
+  :func:`taylor_gap`, :func:`gaussian_kl`), broadcasting over leading batch
+  dimensions;
+* model-level objectives taking data ``x [B, ...]``, a decoder callable
+  ``[B, d] → [B, ...]`` and the encoder outputs, returning per-example values
+  ``[B]`` in nats in the paper's *maximisation* form, with every log-density
+  constant included so that the objectives can be compared by value. With
+  ``return_terms=True`` they return a dict of the terms (``objective``,
+  ``log_px``, and ``kl`` or ``prior`` + ``regularizer``) for logging.
+
+Conventions. ``hess_diag`` is the diagonal of H_p = ∇²_g log p(x; g) ``[..., D]``;
+``None`` means H_p = −I (the unit-variance Gaussian of Eq. 13). With W = −H_p
+(≥ 0 for the log-concave models here), the Gauss–Newton curvature is
+M = JᵀWJ ``[..., d, d]`` and A = I + M/β = I − JᵀH_pJ/β.
+
+Numerics: log-determinants come from Cholesky factors of SPD matrices, log(1+·)
+from ``log1p``, inverses from ``cholesky_inverse``/triangular solves; the Taylor
+gap is summed as Σ (λ − 1 − log λ) over the eigenvalues of the symmetric
+L_Aᵀ Σ L_A, which stays accurate when the gap is tiny.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from gracheck._validate import check_beta, check_square, check_symmetric, check_tensor, cholesky
+from gracheck.autodiff import decoder_jacobian, jacobian_columns
+from gracheck.posteriors import GaussianPosterior
+
+Decoder = Callable[[Tensor], Tensor]
+
+# ---------------------------------------------------------------- pure math
+
+
+def _eye_like(M: Tensor) -> Tensor:
+    return torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+
+
+def _beta_b(beta: float | Tensor, ref: Tensor, extra_dims: int) -> float | Tensor:
+    """β broadcast against a batch shape ``ref.shape[:-extra_dims]`` (scalar stays scalar)."""
+    if isinstance(beta, Tensor) and beta.dim() > 0:
+        return beta.reshape(*beta.shape, *([1] * extra_dims))
+    return beta
+
+
+def _weights(J: Tensor, hess_diag: Tensor | None) -> Tensor | None:
+    """W = −diag(H_p) ``[..., D]`` (None for H_p = −I), validated against J ``[..., D, d]``."""
+    if hess_diag is None:
+        return None
+    check_tensor("hess_diag", hess_diag, min_dim=1)
+    if hess_diag.shape[-1] != J.shape[-2]:
+        raise ValueError(f"hess_diag: last dimension {hess_diag.shape[-1]} must equal J's D = {J.shape[-2]}")
+    return -hess_diag
+
+
+def _curvature(J: Tensor, hess_diag: Tensor | None) -> Tensor:
+    """M = Jᵀ(−H_p)J ``[..., d, d]``."""
+    W = _weights(J, hess_diag)
+    Jt = J.transpose(-1, -2)
+    return Jt @ J if W is None else Jt @ (J * W.unsqueeze(-1))
+
+
+def _check_J(J: Tensor) -> None:
+    check_tensor("J", J, min_dim=2)
+
+
+def optimal_covariance(H: Tensor, beta: float | Tensor) -> Tensor:
+    """Σ* = (I − H/β)⁻¹, the maximiser of Eq. 8 over Σ (Eq. 9; Eq. 11 with H = JᵀH_pJ).
+
+    Args:
+        H: symmetric Hessian ``[..., d, d]`` of f_x = log p(x|z) at the mean.
+        beta: β > 0 (float or tensor broadcasting over the batch dims).
+
+    Returns: Σ* ``[..., d, d]`` (symmetric positive definite).
+
+    Raises ValueError if I − H/β is not positive definite (then Eq. 8 has no maximiser).
+    """
+    check_tensor("H", H, min_dim=2)
+    check_square("H", H)
+    check_symmetric("H", H)
+    beta = check_beta(beta)
+    A = _eye_like(H) - H / _beta_b(beta, H, 2)
+    L = cholesky("H", A, "I − H/β")
+    return torch.cholesky_inverse(L)
+
+
+def grae_regularizer(J: Tensor, beta: float | Tensor, hess_diag: Tensor | None = None) -> Tensor:
+    """β/2 · log det(I − Jᵀ diag(H_p) J / β), the GRAE regulariser (Eq. 12; Eq. 13 with H_p = −I).
+
+    J ``[..., D, d]``, hess_diag ``[..., D]`` or None → ``[...]``. Raises ValueError if the
+    matrix is not positive definite (possible only when some diag(H_p) > 0).
+    """
+    _check_J(J)
+    beta = check_beta(beta)
+    M = _curvature(J, hess_diag)
+    A = _eye_like(M) + M / _beta_b(beta, J, 2)
+    L = cholesky("hess_diag" if hess_diag is not None else "J", A, "I − JᵀH_pJ/β")
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return 0.5 * _beta_b(beta, logdet, 0) * logdet
+
+
+def hadamard_bound(J: Tensor, beta: float | Tensor, hess_diag: Tensor | None = None) -> Tensor:
+    """β/2 · Σᵢ log(1 − (JᵀH_pJ)ᵢᵢ/β) ≥ :func:`grae_regularizer` (Hadamard's inequality, Eq. 14).
+
+    For H_p = −I this is β/2 · Σᵢ log(1 + ‖J[:, i]‖²/β); equality iff JᵀH_pJ is diagonal.
+    J ``[..., D, d]`` → ``[...]``.
+    """
+    _check_J(J)
+    beta = check_beta(beta)
+    W = _weights(J, hess_diag)
+    sq = J.pow(2) if W is None else J.pow(2) * W.unsqueeze(-1)
+    diag = sq.sum(-2)  # [..., d]
+    return 0.5 * _beta_b(beta, diag, 0) * torch.log1p(diag / _beta_b(beta, diag, 1)).sum(-1)
+
+
+def taylor_gap(J: Tensor, Sigma: Tensor, beta: float | Tensor, hess_diag: Tensor | None = None) -> Tensor:
+    """GRAE − Taylor = β/2 · [tr(AΣ) − log det(AΣ) − d], A = I − Jᵀ diag(H_p) J/β (Sec. 7, App. F, corrected).
+
+    The paper prints tr(I + JᵀJΣ/β) − log|I + JᵀJΣ/β| − d; see the erratum
+    ``erratum-sec7-gap-as-printed``. The gap is ≥ 0 and vanishes iff Σ = A⁻¹ (Eq. 11).
+
+    J ``[..., D, d]``, Sigma ``[..., d, d]`` SPD → ``[...]``.
+    """
+    _check_J(J)
+    check_tensor("Sigma", Sigma, min_dim=2)
+    d = check_square("Sigma", Sigma)
+    if J.shape[-1] != d:
+        raise ValueError(f"Sigma: shape {tuple(Sigma.shape)} does not match J's d = {J.shape[-1]}")
+    check_symmetric("Sigma", Sigma)
+    beta = check_beta(beta)
+    A = _eye_like(Sigma) + _curvature(J, hess_diag) / _beta_b(beta, J, 2)
+    LA = cholesky("J", A, "I − JᵀH_pJ/β")
+    cholesky("Sigma", Sigma, "Sigma")  # SPD check with a clear message
+    S = LA.transpose(-1, -2) @ Sigma @ LA  # similar to AΣ, symmetric
+    S = 0.5 * (S + S.transpose(-1, -2))
+    lam = torch.linalg.eigvalsh(S)
+    u = lam - 1
+    inner = (u - torch.log1p(u)).sum(-1)
+    return 0.5 * _beta_b(beta, inner, 0) * inner
+
+
+def gaussian_kl(mean: Tensor, cov: Tensor) -> Tensor:
+    """KL(N(mean, cov) ‖ N(0, I)) = ½(tr cov + ‖mean‖² − d − log det cov); mean ``[..., d]``, cov ``[..., d, d]`` → ``[...]``."""
+    check_tensor("mean", mean, min_dim=1)
+    check_tensor("cov", cov, min_dim=2)
+    d = check_square("cov", cov)
+    if mean.shape[-1] != d:
+        raise ValueError(f"cov: shape {tuple(cov.shape)} does not match mean's d = {mean.shape[-1]}")
+    check_symmetric("cov", cov)
+    L = cholesky("cov", cov, "cov")
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    tr = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)
+    return 0.5 * (tr + mean.pow(2).sum(-1) - d - logdet)
+
+
+# ---------------------------------------------------------------- model level
+
+
+def _flat_x(x: Tensor, mean: Tensor) -> Tensor:
+    check_tensor("x", x, min_dim=1)
+    check_tensor("mean", mean)
+    if mean.dim() != 2:
+        raise ValueError(f"mean: expected shape [B, d], got {tuple(mean.shape)}")
+    if x.shape[0] != mean.shape[0]:
+        raise ValueError(f"x, mean: batch sizes differ ({x.shape[0]} vs {mean.shape[0]})")
+    return x.reshape(x.shape[0], -1)
+
+
+def _decode(decoder: Decoder, z: Tensor, D: int) -> Tensor:
+    out = decoder(z)
+    if not isinstance(out, Tensor) or out.shape[0] != z.shape[0]:
+        raise ValueError(f"decoder: must map [B, d] to [B, ...], got {getattr(out, 'shape', type(out))}")
+    g = out.reshape(out.shape[0], -1)
+    if g.shape[1] != D:
+        raise ValueError(f"decoder: output flattens to {g.shape[1]} values per example, x has {D}")
+    return g
+
+
+def _check_output_dim(g: Tensor, D: int) -> None:
+    if g.shape[1] != D:
+        raise ValueError(f"decoder: output flattens to {g.shape[1]} values per example, x has {D}")
+
+
+def beta_vae_objective(
+    x: Tensor,
+    decoder: Decoder,
+    mean: Tensor,
+    scale_tril: Tensor,
+    beta: float | Tensor,
+    obs,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    *,
+    return_terms: bool = False,
+) -> Tensor | dict[str, Tensor]:
+    """β-VAE objective (Eq. 2): E_q log p(x|z) − β KL(q(z|x) ‖ N(0, I)), per example ``[B]``.
+
+    q = N(mean, scale_tril scale_trilᵀ); the expectation is a reparameterised Monte
+    Carlo average over ``n_samples`` draws from ``generator`` (unbiased; the paper
+    trains with one). The KL is exact.
+    """
+    xf = _flat_x(x, mean)
+    beta = check_beta(beta)
+    q = GaussianPosterior(mean, scale_tril)
+    z = q.sample(n_samples, generator=generator)  # [n, B, d]
+    n, B, d = z.shape
+    g = _decode(decoder, z.reshape(n * B, d), xf.shape[1])
+    logp = obs.log_prob(xf.repeat(n, 1), g).reshape(n, B).mean(0)
+    kl = q.kl_standard_normal()
+    obj = logp - _beta_b(beta, logp, 0) * kl
+    return {"objective": obj, "log_px": logp, "kl": kl} if return_terms else obj
+
+
+def taylor_objective(
+    x: Tensor, decoder: Decoder, mean: Tensor, cov: Tensor, beta: float | Tensor, obs, *, return_terms: bool = False
+) -> Tensor | dict[str, Tensor]:
+    """Second-order (Taylor) approximation of Eq. 2 with H_f ≈ JᵀH_pJ (Eq. 7), per example ``[B]``:
+
+    log p(x|g(h)) + ½ tr(JᵀH_pJ Σ) − β KL(N(h, Σ) ‖ N(0, I)).
+    """
+    xf = _flat_x(x, mean)
+    beta = check_beta(beta)
+    g, J = decoder_jacobian(decoder, mean, return_output=True)
+    _check_output_dim(g, xf.shape[1])
+    h = obs.hess_diag(xf, g)
+    M = _curvature(J, h)  # Jᵀ(−H_p)J
+    quad = -0.5 * (M * cov).sum((-2, -1))  # ½ tr(JᵀH_pJ Σ), Σ symmetric
+    logp = obs.log_prob(xf, g)
+    kl = gaussian_kl(mean, cov)
+    obj = logp + quad - _beta_b(beta, quad, 0) * kl
+    return {"objective": obj, "log_px": logp, "curvature": quad, "kl": kl} if return_terms else obj
+
+
+def grae_objective(
+    x: Tensor, decoder: Decoder, mean: Tensor, beta: float | Tensor, obs, *, return_terms: bool = False
+) -> Tensor | dict[str, Tensor]:
+    """GRAE (Eq. 12; Eq. 13 for Gaussian observations), per example ``[B]``, maximisation form:
+
+    log p(x|g(h)) − β/2 ‖h‖² − β/2 log det(I − JᵀH_pJ/β),
+
+    the value of Eq. 7 at the optimal covariance Σ* of Eq. 11 (Eq. 10 with H_f = JᵀH_pJ).
+    """
+    xf = _flat_x(x, mean)
+    beta = check_beta(beta)
+    g, J = decoder_jacobian(decoder, mean, return_output=True)
+    _check_output_dim(g, xf.shape[1])
+    logp = obs.log_prob(xf, g)
+    return _grae_terms(logp, mean, beta, grae_regularizer(J, beta, obs.hess_diag(xf, g)), return_terms)
+
+
+def _grae_terms(logp: Tensor, mean: Tensor, beta, reg: Tensor, return_terms: bool) -> Tensor | dict[str, Tensor]:
+    prior = 0.5 * _beta_b(beta, logp, 0) * mean.pow(2).sum(-1)
+    obj = logp - prior - reg
+    return {"objective": obj, "log_px": logp, "prior": prior, "regularizer": reg} if return_terms else obj
+
+
+def sample_columns(B: int, d: int, k: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """``[B, k]`` column indices, k distinct columns per example drawn uniformly without replacement."""
+    if not isinstance(k, int) or not 1 <= k <= d:
+        raise ValueError(f"k: must be an int in [1, d={d}], got {k!r}")
+    u = torch.rand(B, d, generator=generator, device=device if generator is None else generator.device)
+    return u.argsort(dim=1)[:, :k].to(device)
+
+
+def grae_approx_objective(
+    x: Tensor,
+    decoder: Decoder,
+    mean: Tensor,
+    beta: float | Tensor,
+    obs,
+    k: int = 1,
+    generator: torch.Generator | None = None,
+    *,
+    columns: Tensor | None = None,
+    return_terms: bool = False,
+) -> Tensor | dict[str, Tensor]:
+    """GRAE≈ (Eq. 14 and the text after it), per example ``[B]``:
+
+    log p(x|g(h)) − β/2 ‖h‖² − β/2 · (d/k) Σ_{c∈S} log(1 − (JᵀH_pJ)_cc/β),
+
+    S = k distinct columns drawn uniformly (``generator``) or given as ``columns [B, k]``.
+    Each column enters with probability k/d, so the sum is an unbiased estimate of
+    the Hadamard bound (:func:`hadamard_bound`), itself an upper bound on the GRAE
+    regulariser: E[GRAE≈] ≤ GRAE. Cost: k JVPs, sharing the pass that computes g(h).
+    """
+    xf = _flat_x(x, mean)
+    beta = check_beta(beta)
+    B, d = mean.shape
+    if columns is None:
+        columns = sample_columns(B, d, k, generator, device=mean.device)
+    elif columns.dim() != 2 or columns.shape[0] != B:
+        raise ValueError(f"columns: expected shape [B={B}, k], got {tuple(columns.shape)}")
+    k = columns.shape[1]
+    g, Jc = jacobian_columns(decoder, mean, columns, return_output=True)  # [B, D], [B, D, k]
+    _check_output_dim(g, xf.shape[1])
+    logp = obs.log_prob(xf, g)
+    reg = hadamard_bound(Jc, beta, obs.hess_diag(xf, g)) * (d / k)
+    return _grae_terms(logp, mean, beta, reg, return_terms)
+
+
+def orthogonality_penalty(
+    decoder: Decoder, mean: Tensor, generator: torch.Generator | None = None, *, eps: float = 1e-12
+) -> Tensor:
+    """Optional GRAE≈ penalty (Sec. 5.3): squared cosine between two distinct sampled Jacobian columns, ``[B]``.
+
+    (J_iᵀJ_j)² / (‖J_i‖²‖J_j‖²) for a pair i ≠ j drawn uniformly per example; zero iff
+    the pair is orthogonal, the condition under which the Hadamard bound is tight.
+    Needs d ≥ 2.
+    """
+    check_tensor("mean", mean)
+    B, d = mean.shape
+    if d < 2:
+        raise ValueError(f"mean: the orthogonality penalty needs d ≥ 2, got d = {d}")
+    cols = sample_columns(B, d, 2, generator, device=mean.device)
+    Jc = jacobian_columns(decoder, mean, cols)  # [B, D, 2]
+    a, b = Jc[..., 0], Jc[..., 1]
+    dot = (a * b).sum(-1)
+    return dot.pow(2) / (a.pow(2).sum(-1) * b.pow(2).sum(-1) + eps)
