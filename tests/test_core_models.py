@@ -1,0 +1,345 @@
+"""Observation models, posteriors, the Jacobian engine and the model-level objectives.
+
+References are independent computations: torch.distributions, torch.func.hessian,
+torch.autograd.functional.jacobian (reverse mode), closed forms for linear
+decoders (where the Taylor objective is the exact expectation), Monte Carlo with
+a stated number of standard errors.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gracheck as gc
+from gracheck.posteriors import block_mask
+
+DT = torch.float64
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _mlp(d=3, D=7, act=nn.Tanh, bn=False, seed=0):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(d, 16)]
+    if bn:
+        layers.append(nn.BatchNorm1d(16))
+    layers += [act(), nn.Linear(16, D)]
+    return nn.Sequential(*layers).double()
+
+
+# ------------------------------------------------------------- observations
+
+
+def test_gaussian_log_prob_vs_torch_distributions():
+    x, g = torch.randn(4, 6, generator=_gen(0), dtype=DT), torch.randn(4, 6, generator=_gen(1), dtype=DT)
+    for var in (1.0, 0.3):
+        ref = torch.distributions.Normal(g, math.sqrt(var)).log_prob(x).sum(-1)
+        torch.testing.assert_close(gc.GaussianObs(var).log_prob(x, g), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_bernoulli_log_prob_and_hessian_vs_autograd(logits):
+    x = (torch.rand(3, 5, generator=_gen(2), dtype=DT) > 0.5).to(DT)
+    g = torch.rand(3, 5, generator=_gen(3), dtype=DT) * 0.9 + 0.05
+    if logits:
+        g = torch.logit(g)
+    obs = gc.BernoulliObs(logits=logits)
+    ref = (torch.distributions.Bernoulli(logits=g) if logits else torch.distributions.Bernoulli(probs=g)).log_prob(x)
+    torch.testing.assert_close(obs.log_prob(x, g), ref.sum(-1), rtol=1e-12, atol=1e-12)
+    for b in range(3):
+        H = torch.func.hessian(lambda gg: obs.log_prob(x[b : b + 1], gg.unsqueeze(0)).sum())(g[b])
+        torch.testing.assert_close(obs.hess_diag(x, g)[b], torch.diagonal(H), rtol=1e-10, atol=1e-12)
+        assert float((H - torch.diag(torch.diagonal(H))).abs().max()) == 0.0
+    if not logits:  # the paper's form for binary pixels (Sec. 5.1)
+        torch.testing.assert_close(obs.hess_diag(x, g), -1 / (1 - x - g) ** 2, rtol=1e-12, atol=0)
+
+
+def test_observation_bad_input():
+    with pytest.raises(ValueError, match="variance"):
+        gc.GaussianObs(0.0)
+    with pytest.raises(ValueError, match="g: Bernoulli"):
+        gc.BernoulliObs().log_prob(torch.ones(1, 2, dtype=DT), torch.tensor([[0.5, 1.0]], dtype=DT))
+    with pytest.raises(ValueError, match="x: Bernoulli"):
+        gc.BernoulliObs().log_prob(torch.full((1, 2), 2.0, dtype=DT), torch.full((1, 2), 0.5, dtype=DT))
+    with pytest.raises(ValueError, match="x, g"):
+        gc.GaussianObs().log_prob(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# --------------------------------------------------------------- posteriors
+
+
+@pytest.mark.parametrize("structure,block", [("mean-field", None), ("block-diagonal", 2), ("block-diagonal", 3), ("full", None)])
+def test_posterior_structures(structure, block):
+    d = 8  # 8 = 3 + 3 + 2 for block 3: the last block is smaller
+    P = gc.num_params(structure, d, block)
+    params = torch.randn(5, P, generator=_gen(4), dtype=DT)
+    L = gc.scale_tril_from_params(params, d, structure, block)
+    assert L.shape == (5, d, d)
+    assert bool((torch.diagonal(L, dim1=-2, dim2=-1) > 0).all())
+    assert float(torch.triu(L, 1).abs().max()) == 0.0
+    b = {"mean-field": 1, "full": d}.get(structure, block)
+    outside = ~block_mask(d, b)
+    assert float(L[:, outside].abs().sum()) == 0.0
+    assert gc.block_sizes(8, 3) == [3, 3, 2]
+    expected_P = {"mean-field": 8, "full": 36}.get(structure, {2: 4 * 3, 3: 6 + 6 + 3}.get(block))
+    assert P == expected_P
+    mean = torch.randn(5, d, generator=_gen(5), dtype=DT)
+    q = gc.GaussianPosterior(mean, L)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(mean, scale_tril=L),
+        torch.distributions.MultivariateNormal(torch.zeros(d, dtype=DT), torch.eye(d, dtype=DT)),
+    )
+    torch.testing.assert_close(q.kl_standard_normal(), ref, rtol=1e-10, atol=1e-12)
+    z = q.sample(3, generator=_gen(6))
+    lp = torch.distributions.MultivariateNormal(mean, scale_tril=L).log_prob(z)
+    torch.testing.assert_close(q.log_prob(z), lp, rtol=1e-10, atol=1e-10)
+
+
+def test_posterior_sampling_moments_and_generator():
+    L = torch.tensor([[[1.0, 0.0], [0.8, 0.5]]], dtype=DT)
+    q = gc.GaussianPosterior(torch.tensor([[1.0, -2.0]], dtype=DT), L)
+    n = 200_000
+    z = q.sample(n, generator=_gen(7))[:, 0]
+    cov = torch.cov(z.T)
+    # Standard error of a sample covariance entry ≤ sqrt(2/n)·max var ≈ 0.0032; allow 5 s.e.
+    torch.testing.assert_close(cov, (L @ L.mT)[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(z.mean(0), q.mean[0], atol=0.02, rtol=0)
+    assert torch.equal(q.sample(2, generator=_gen(1)), q.sample(2, generator=_gen(1)))
+    with pytest.raises(ValueError, match="scale_tril: diagonal"):
+        gc.GaussianPosterior(torch.zeros(1, 2, dtype=DT), -torch.eye(2, dtype=DT).unsqueeze(0))
+    with pytest.raises(ValueError, match="params: expected last dimension"):
+        gc.scale_tril_from_params(torch.zeros(1, 5, dtype=DT), 4, "mean-field")
+
+
+# ---------------------------------------------------------- Jacobian engine
+
+
+def _reverse_jacobian(decoder, z):
+    """Reference: reverse-mode Jacobian, one example at a time (no batch coupling possible)."""
+    out = []
+    for i in range(z.shape[0]):
+        Ji = torch.autograd.functional.jacobian(lambda zi: decoder(zi.unsqueeze(0)).reshape(-1), z[i])
+        out.append(Ji)
+    return torch.stack(out)
+
+
+def test_decoder_jacobian_vs_reverse_mode_mlp():
+    dec = _mlp()
+    z = torch.randn(4, 3, generator=_gen(8), dtype=DT)
+    torch.testing.assert_close(gc.decoder_jacobian(dec, z), _reverse_jacobian(dec, z), rtol=1e-12, atol=1e-13)
+
+
+def test_decoder_jacobian_conv_decoder():
+    torch.manual_seed(1)
+    dec = nn.Sequential(
+        nn.Linear(2, 4 * 3 * 3), nn.ELU(), nn.Unflatten(1, (4, 3, 3)),
+        nn.ConvTranspose2d(4, 3, 4, 2, 1), nn.ELU(), nn.Conv2d(3, 1, 3, 1, 1), nn.Sigmoid(),
+    ).double().eval()
+    z = torch.randn(3, 2, generator=_gen(9), dtype=DT)
+    J = gc.decoder_jacobian(dec, z)
+    assert J.shape == (3, 36, 2)
+    torch.testing.assert_close(J, _reverse_jacobian(dec, z), rtol=1e-11, atol=1e-13)
+
+
+def test_jacobian_columns_match_full_jacobian():
+    dec = _mlp(d=5)
+    z = torch.randn(6, 5, generator=_gen(10), dtype=DT)
+    cols = torch.randint(0, 5, (6, 3), generator=_gen(11))
+    Jc = gc.jacobian_columns(dec, z, cols)
+    J = _reverse_jacobian(dec, z)
+    torch.testing.assert_close(Jc, torch.gather(J, 2, cols.unsqueeze(1).expand(6, 7, 3)), rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="columns: indices"):
+        gc.jacobian_columns(dec, z, torch.full((6, 1), 5))
+    with pytest.raises(ValueError, match="columns: expected shape"):
+        gc.jacobian_columns(dec, z, torch.zeros(5, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="z: expected shape"):
+        gc.decoder_jacobian(dec, z[0])
+
+
+def test_batchnorm_train_mode_is_per_example():
+    """DESIGN pitfall: a naive batched JVP through train-mode BN mixes examples (a shared
+    one-hot tangent gives exactly zero after the first Linear+BN). The engine holds the
+    batch statistics constant for tangents: equal to the per-example Jacobian with the
+    normalisation frozen at this batch's statistics, while outputs, parameter gradients
+    and running statistics match an ordinary training-mode forward."""
+    dec = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ELU(), nn.Linear(16, 5)).double().train()
+    z = torch.randn(8, 3, generator=_gen(12), dtype=DT)
+
+    import copy
+
+    naive_dec = copy.deepcopy(dec)
+    naive_dec[1].track_running_stats, naive_dec[1].running_mean, naive_dec[1].running_var = False, None, None
+    naive = torch.func.jvp(naive_dec, (z,), (torch.zeros_like(z).index_fill_(1, torch.tensor([0]), 1.0),))[1]
+    assert float(naive.abs().max()) < 1e-12  # the pitfall is real
+
+    ref_out = dec(z)
+    ref_out.pow(2).sum().backward()
+    ref_grads = [p.grad.clone() for p in dec.parameters()]
+    ref_running = dec[1].running_mean.clone(), dec[1].running_var.clone()
+    dec[1].reset_running_stats()
+    dec.zero_grad()
+
+    g, J = gc.decoder_jacobian(dec, z, return_output=True)
+    torch.testing.assert_close(g, ref_out.detach(), rtol=1e-12, atol=1e-13)
+    g.pow(2).sum().backward()
+    for p, r in zip(dec.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dec[1].running_mean, ref_running[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(dec[1].running_var, ref_running[1], rtol=1e-12, atol=1e-14)
+
+    with torch.no_grad():
+        pre = dec[0](z)
+        mu, var = pre.mean(0), pre.var(0, unbiased=False)
+    frozen = nn.Sequential(dec[0], nn.BatchNorm1d(16).double().eval(), dec[2], dec[3])
+    frozen[1].running_mean.copy_(mu)
+    frozen[1].running_var.copy_(var)
+    frozen[1].weight.data.copy_(dec[1].weight.data)
+    frozen[1].bias.data.copy_(dec[1].bias.data)
+    torch.testing.assert_close(J, _reverse_jacobian(frozen, z), rtol=1e-10, atol=1e-12)
+
+
+def test_double_backward_through_jvp_vs_reverse_route():
+    """Gradient of Σ‖J[:, c]‖² w.r.t. parameters: forward-mode engine + backward vs
+    reverse-mode Jacobian built with create_graph=True + backward."""
+    dec = _mlp(d=4)
+    z = torch.randn(3, 4, generator=_gen(13), dtype=DT)
+    cols = torch.tensor([[0], [2], [3]])
+    dec.zero_grad()
+    params = list(dec.parameters())
+    g1 = torch.autograd.grad(gc.jacobian_columns(dec, z, cols).pow(2).sum(), params, allow_unused=True)
+    dec.zero_grad()
+    total = 0
+    for i in range(3):
+        Ji = torch.autograd.functional.jacobian(lambda zi: dec(zi.unsqueeze(0)).reshape(-1), z[i], create_graph=True)
+        total = total + Ji[:, cols[i, 0]].pow(2).sum()
+    g2 = torch.autograd.grad(total, params, allow_unused=True)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)  # the last bias does not enter J
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------- model-level objectives
+
+
+def _linear_decoder(d=3, D=6, seed=14):
+    W = torch.randn(D, d, generator=_gen(seed), dtype=DT)
+    c = torch.randn(D, generator=_gen(seed + 1), dtype=DT)
+    return (lambda z: z @ W.T + c), W, c
+
+
+def test_taylor_is_exact_for_linear_gaussian_closed_form_and_mc():
+    """Linear decoder + Gaussian obs: E_q log p(x|z) = log p(x|Wμ+c) − tr(WᵀWΣ)/(2σ²) exactly.
+    Route 1: taylor_objective. Route 2: the closed form written out. Route 3: β-VAE Monte Carlo."""
+    dec, W, c = _linear_decoder()
+    x = torch.randn(2, 6, generator=_gen(16), dtype=DT)
+    mean = torch.randn(2, 3, generator=_gen(17), dtype=DT) * 0.5
+    Lm = torch.randn(2, 3, 3, generator=_gen(18), dtype=DT) * 0.3
+    L = torch.tril(Lm, -1) + torch.diag_embed(torch.rand(2, 3, generator=_gen(19), dtype=DT) + 0.2)
+    cov = L @ L.mT
+    beta, var = 0.7, 0.5
+    obs = gc.GaussianObs(var)
+    tay = gc.taylor_objective(x, dec, mean, cov, beta, obs)
+    mu_x = mean @ W.T + c
+    logp = -((x - mu_x) ** 2).sum(-1) / (2 * var) - 3.0 * math.log(2 * math.pi * var)
+    exp_ll = logp - torch.einsum("ij,bjk,ik->b", W.T @ W, cov, torch.eye(3, dtype=DT)) / (2 * var)
+    kl = 0.5 * (torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) + (mean**2).sum(-1) - 3 - torch.logdet(cov))
+    torch.testing.assert_close(tay, exp_ll - beta * kl, rtol=1e-12, atol=1e-12)
+
+    n = 100_000
+    mc = gc.beta_vae_objective(x, dec, mean, L, beta, obs, n_samples=n, generator=_gen(20))
+    # Standard error from the same draws (same generator seed): sd of log p over samples / sqrt(n).
+    z = gc.GaussianPosterior(mean, L).sample(n, generator=_gen(20))
+    lp = obs.log_prob(x.repeat(n, 1), dec(z.reshape(-1, 3))).reshape(n, 2)
+    se = lp.std(0) / math.sqrt(n)
+    assert bool(((mc - tay).abs() < 5 * se).all()), f"MC {mc} vs exact {tay}, 5 s.e. = {5 * se}"  # P(false fail) < 1e-6
+
+
+def test_grae_equals_taylor_at_optimal_covariance_gaussian_and_bernoulli():
+    """Eq. 10–12: GRAE is Eq. 7 evaluated at Σ* = (I − JᵀH_pJ/β)⁻¹. Route 1: grae_objective
+    (log det). Route 2: taylor_objective at optimal_covariance (trace + KL)."""
+    dec = _mlp(d=3, D=7, act=nn.Softplus)
+    mean = torch.randn(4, 3, generator=_gen(21), dtype=DT) * 0.5
+    for obs, x, out in [
+        (gc.GaussianObs(0.8), torch.randn(4, 7, generator=_gen(22), dtype=DT), dec),
+        (gc.BernoulliObs(), (torch.rand(4, 7, generator=_gen(23), dtype=DT) > 0.5).to(DT), lambda z: torch.sigmoid(dec(z))),
+        (gc.BernoulliObs(logits=True), torch.rand(4, 7, generator=_gen(24), dtype=DT), dec),
+    ]:
+        beta = 0.3
+        g, J = gc.decoder_jacobian(out, mean, return_output=True)
+        H = J.mT @ (J * obs.hess_diag(x, g).unsqueeze(-1))
+        Sig = gc.optimal_covariance(H, beta)
+        torch.testing.assert_close(
+            gc.grae_objective(x, out, mean, beta, obs), gc.taylor_objective(x, out, mean, Sig, beta, obs), rtol=1e-10, atol=1e-10
+        )
+
+
+def test_grae_approx_exact_expectation_and_monte_carlo():
+    """Eq. 14: averaging GRAE≈ (k=1) over all d columns gives the Hadamard-bound objective
+    exactly; the sampled estimator's mean converges to it (unbiased), and the bound ≤ GRAE."""
+    dec = _mlp(d=4, D=9)
+    x = torch.randn(3, 9, generator=_gen(25), dtype=DT)
+    mean = torch.randn(3, 4, generator=_gen(26), dtype=DT)
+    beta, obs = 0.5, gc.GaussianObs()
+    per_col = torch.stack([
+        gc.grae_approx_objective(x, dec, mean, beta, obs, columns=torch.full((3, 1), c)) for c in range(4)
+    ])
+    g, J = gc.decoder_jacobian(dec, mean, return_output=True)
+    hb_obj = obs.log_prob(x, g) - beta / 2 * mean.pow(2).sum(-1) - gc.hadamard_bound(J, beta)
+    torch.testing.assert_close(per_col.mean(0), hb_obj, rtol=1e-12, atol=1e-12)
+    assert bool((hb_obj < gc.grae_objective(x, dec, mean, beta, obs)).all())
+    gen = _gen(27)
+    draws = torch.stack([gc.grae_approx_objective(x, dec, mean, beta, obs, k=2, generator=gen) for _ in range(400)])
+    se = draws.std(0) / math.sqrt(400)
+    assert bool(((draws.mean(0) - hb_obj).abs() < 5 * se + 1e-12).all())
+    full = gc.grae_approx_objective(x, dec, mean, beta, obs, k=4, generator=gen)  # k = d: exact bound
+    torch.testing.assert_close(full, hb_obj, rtol=1e-12, atol=1e-12)
+
+
+def test_objectives_float32_training_path_and_terms():
+    dec = _mlp(d=3, D=5, bn=True).float().train()
+    x = torch.rand(6, 5)
+    mean = torch.randn(6, 3, requires_grad=True)
+    L = torch.diag_embed(torch.rand(6, 3) + 0.1).requires_grad_(True)
+    obs = gc.GaussianObs()
+    for fn, args in [
+        (gc.beta_vae_objective, (x, dec, mean, L, 0.5, obs)),
+        (gc.grae_objective, (x, dec, mean, 0.5, obs)),
+        (gc.grae_approx_objective, (x, dec, mean, 0.5, obs)),
+    ]:
+        terms = fn(*args, return_terms=True) if fn is not gc.beta_vae_objective else fn(*args, generator=_gen(1), return_terms=True)
+        assert terms["objective"].dtype == torch.float32 and terms["objective"].shape == (6,)
+        dec.zero_grad()
+        (-terms["objective"].mean()).backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dec.parameters())
+
+
+def test_orthogonality_penalty():
+    Q, _ = torch.linalg.qr(torch.randn(8, 3, generator=_gen(28), dtype=DT))
+    orth = lambda z: z @ (Q * torch.tensor([1.0, 2.0, 3.0], dtype=DT)).T
+    mean = torch.randn(5, 3, generator=_gen(29), dtype=DT)
+    assert float(gc.orthogonality_penalty(orth, mean, _gen(0)).abs().max()) < 1e-24
+    W = torch.randn(8, 3, generator=_gen(30), dtype=DT)
+    cos2 = (W.T @ W) ** 2 / torch.outer((W**2).sum(0), (W**2).sum(0))
+    pen = gc.orthogonality_penalty(lambda z: z @ W.T, mean, _gen(0))
+    offdiag = cos2[~torch.eye(3, dtype=torch.bool)]
+    assert bool(torch.isin(pen.round(decimals=10), offdiag.round(decimals=10)).all())
+
+
+def test_model_level_bad_input():
+    dec = _mlp()
+    x = torch.randn(2, 7, dtype=DT)
+    with pytest.raises(ValueError, match="x, mean"):
+        gc.grae_objective(x, dec, torch.zeros(3, 3, dtype=DT), 1.0, gc.GaussianObs())
+    with pytest.raises(ValueError, match="decoder: output"):
+        gc.grae_objective(torch.randn(2, 5, dtype=DT), dec, torch.zeros(2, 3, dtype=DT), 1.0, gc.GaussianObs())
+    with pytest.raises(ValueError, match="beta"):
+        gc.grae_approx_objective(x, dec, torch.zeros(2, 3, dtype=DT), -0.1, gc.GaussianObs())
+    with pytest.raises(ValueError, match="k: must be"):
+        gc.grae_approx_objective(x, dec, torch.zeros(2, 3, dtype=DT), 0.1, gc.GaussianObs(), k=4)
+    with pytest.raises(ValueError, match="mean: contains"):
+        gc.grae_objective(x, dec, torch.full((2, 3), float("nan"), dtype=DT), 1.0, gc.GaussianObs())
