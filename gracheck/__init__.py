@@ -5,7 +5,7 @@ The public API is re-exported here; submodules hold the implementations.
 
 __version__ = "0.1.0"
 
-from gracheck.autodiff import decoder_jacobian, jacobian_columns, per_example_batchnorm
+from gracheck.autodiff import decoder_jacobian, jacobian_columns
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 from gracheck.objectives import (
     beta_vae_objective,
@@ -38,7 +38,6 @@ __all__ = [
     "num_params",
     "optimal_covariance",
     "orthogonality_penalty",
-    "per_example_batchnorm",
     "scale_tril_from_params",
     "taylor_gap",
     "taylor_objective",

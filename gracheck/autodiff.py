@@ -6,13 +6,19 @@ J[:, c]. A column is one Jacobian–vector product (JVP) with a one-hot tangent,
 forward mode costs d JVPs for the whole of J (8–128 here) where reverse mode would
 cost D backward passes (784 for MNIST, 12288 for CelebA).
 
-Engine. We use :mod:`torch.autograd.forward_ad` dual tensors: the decoder runs
-once on a batch whose rows are (example, column) pairs, carrying the one-hot
-tangents; the output's tangent holds the columns. The same pass returns the
-primal output g(z), so a GRAE≈ step needs no separate reconstruction forward.
-Tangents are ordinary autograd tensors, so a loss built from them can be
-back-propagated to the decoder's parameters (reverse-over-forward; double
-backward through the JVP), in float32 and float64.
+Engine: two routes, chosen by ``method`` ("auto" picks by the number of columns k).
+
+* "forward-ad" (k ≤ 2): :mod:`torch.autograd.forward_ad` dual tensors; the decoder
+  runs once on rows (example, column) carrying one-hot tangents, and the same pass
+  returns the primal g(z), so a GRAE≈ step needs no separate reconstruction forward.
+* "vmap" (k > 2, the full Jacobian): an ordinary forward for g(z), then
+  ``torch.func.vmap`` over k ``torch.func.jvp`` calls; the primal inside is not
+  batched, so it is computed once rather than k times.
+
+Both return tangents that are ordinary autograd tensors, so a loss built from them
+back-propagates to the decoder's parameters (reverse-over-forward, i.e. double
+backward through the JVP), in float32 and float64. The tests check the two
+routes against each other and against reverse-mode Jacobians.
 
 BatchNorm (DESIGN.md pitfalls). In training mode BatchNorm normalises with the
 statistics of the whole batch, so example i's output depends on every example's
@@ -22,10 +28,10 @@ the engine runs, every BatchNorm layer of a decoder that is an ``nn.Module`` and
 is in training mode is switched to *batch statistics held constant for the
 tangent*: the output values, and their reverse-mode gradients, are exactly those
 of ordinary training-mode BatchNorm (mean and variance of the current batch, with
-autograd through them), but the tangents see the statistics as constants, so
-each row's tangent is the per-example derivative ∂g(zᵢ)/∂zᵢ with the
-normalisation frozen. Running statistics are updated once per call, as one
-ordinary training-mode forward would. In eval mode nothing changes (running
+autograd through them, also inside J), but the tangents see the statistics as
+constants, so each row's tangent is the per-example derivative ∂g(zᵢ)/∂zᵢ with
+the normalisation frozen at this batch's statistics. Running statistics are
+updated once per call, as one ordinary training-mode forward would. In eval mode nothing changes (running
 statistics are constants anyway). A decoder passed as a plain callable that
 closes over a training-mode BatchNorm module cannot be detected: pass the module
 itself, or put it in eval mode.
@@ -51,22 +57,7 @@ from gracheck._validate import check_tensor
 Decoder = Callable[[Tensor], Tensor]
 
 
-def _bn_forward_constant_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """Training-mode BatchNorm whose statistics carry no forward-mode tangent (see module docstring)."""
-    primal = fwAD.unpack_dual(x).primal  # same values, autograd history kept, no tangent
-    dims = [0] + list(range(2, x.dim()))
-    mean = primal.mean(dims)
-    var = primal.var(dims, unbiased=False)
-    if self.track_running_stats and self.running_mean is not None:
-        n = primal.numel() // primal.shape[1] // getattr(self, "_gracheck_rows_per_example", 1)
-        with torch.no_grad():
-            if self.num_batches_tracked is not None:
-                self.num_batches_tracked.add_(1)
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            unbiased = var.detach() * (n / max(n - 1, 1))
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
-    # Written out (not F.batch_norm with training=False, which would not back-propagate into mean/var).
+def _normalise(self: nn.modules.batchnorm._BatchNorm, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     shape = [1, -1] + [1] * (x.dim() - 2)
     y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
     if self.affine:
@@ -74,27 +65,66 @@ def _bn_forward_constant_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor)
     return y
 
 
-@contextlib.contextmanager
-def per_example_batchnorm(module: object, rows_per_example: int = 1) -> Iterator[None]:
-    """Within the block, training-mode BatchNorm layers of ``module`` hold their batch statistics
-    constant for forward-mode tangents (per-example Jacobians); no-op for non-modules / eval mode.
+def _batch_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor, rows_per_example: int) -> tuple[Tensor, Tensor]:
+    """Batch mean/variance of ``x`` (autograd kept) and the running-statistics update of one training forward."""
+    dims = [0] + list(range(2, x.dim()))
+    mean = x.mean(dims)
+    var = x.var(dims, unbiased=False)
+    if self.track_running_stats and self.running_mean is not None:
+        n = x.numel() // x.shape[1] // rows_per_example
+        with torch.no_grad():
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+            self.running_var.lerp_((var.detach() * (n / max(n - 1, 1))).to(self.running_var.dtype), m)
+    return mean, var
 
-    ``rows_per_example``: when the batch holds each example ``k`` times (one row per
-    Jacobian column), the running-variance correction uses the true batch size.
-    """
+
+def _bn_dual(self, x: Tensor) -> Tensor:
+    # forward_ad route: statistics from the primal (no tangent, autograd history kept).
+    mean, var = _batch_stats(self, fwAD.unpack_dual(x).primal, self._gracheck_rows)
+    return _normalise(self, x, mean, var)
+
+
+def _bn_record(self, x: Tensor) -> Tensor:
+    # ordinary training forward that also remembers its statistics for the replay pass
+    mean, var = _batch_stats(self, x, 1)
+    self._gracheck_stats = (mean, var)
+    return _normalise(self, x, mean, var)
+
+
+def _bn_replay(self, x: Tensor) -> Tensor:
+    # inside torch.func transforms: the recorded statistics are captured constants for the tangent
+    mean, var = self._gracheck_stats
+    return _normalise(self, x, mean, var)
+
+
+@contextlib.contextmanager
+def _patched_batchnorm(module: object, forward, rows: int = 1) -> Iterator[list]:
     patched: list[nn.Module] = []
     if isinstance(module, nn.Module):
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-                m.forward = types.MethodType(_bn_forward_constant_stats, m)
-                m._gracheck_rows_per_example = rows_per_example
+                m.forward = types.MethodType(forward, m)
+                m._gracheck_rows = rows
                 patched.append(m)
     try:
-        yield
+        yield patched
     finally:
         for m in patched:
             del m.forward
-            del m._gracheck_rows_per_example
+            del m._gracheck_rows
+
+
+@contextlib.contextmanager
+def per_example_batchnorm(module: object) -> Iterator[None]:
+    """Within the block, training-mode BatchNorm layers of ``module`` take their statistics from the
+    primal of forward-mode dual inputs, so tangents see them as constants (per-example Jacobians)
+    while values, autograd and running statistics are those of an ordinary training forward.
+    For use with :mod:`torch.autograd.forward_ad`; a no-op for non-modules and eval mode."""
+    with _patched_batchnorm(module, _bn_dual):
+        yield
 
 
 def _check_z(z: Tensor) -> None:
@@ -103,25 +133,60 @@ def _check_z(z: Tensor) -> None:
         raise ValueError(f"z: expected shape [B, d], got {tuple(z.shape)}")
 
 
-def _run_columns(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
-    """Run the decoder on rows (example, column): z ``[B, d]``, tangents ``[B, k, d]`` →
-    (g ``[B, D]``, columns ``[B, D, k]``)."""
+def _columns_forward_ad(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+    """Route 1 (few columns): one forward pass with dual tensors over rows (example, column).
+    z ``[B, d]``, tangents ``[B, k, d]`` → (g ``[B, D]``, columns ``[B, D, k]``)."""
     B, k, d = tangents.shape
     zz = z.unsqueeze(1).expand(B, k, d).reshape(B * k, d)
-    with per_example_batchnorm(decoder, rows_per_example=k), fwAD.dual_level():
+    with _patched_batchnorm(decoder, _bn_dual, rows=k), fwAD.dual_level():
         out = decoder(fwAD.make_dual(zz, tangents.reshape(B * k, d)))
-        if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != B * k:
-            raise ValueError(f"decoder: must map [B, d] to [B, ...]; got output of shape {getattr(out, 'shape', None)}")
+        _check_out(out, B * k)
         primal, tangent = fwAD.unpack_dual(out)
     if tangent is None:  # the output does not depend on z at all
         tangent = torch.zeros_like(primal)
-    g = primal.reshape(B, k, -1)[:, 0]
-    cols = tangent.reshape(B, k, -1).transpose(1, 2)
-    return g, cols
+    return primal.reshape(B, k, -1)[:, 0], tangent.reshape(B, k, -1).transpose(1, 2)
+
+
+def _columns_vmap(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+    """Route 2 (many columns): an ordinary forward for g (recording BatchNorm statistics), then
+    ``torch.func.vmap`` over k ``torch.func.jvp`` calls that replay those statistics; the primal
+    inside the JVP is not batched, so it is computed once, not k times."""
+    B, k, d = tangents.shape
+    with _patched_batchnorm(decoder, _bn_record) as bns:
+        out = decoder(z)
+    _check_out(out, B)
+    g = out.reshape(B, -1)
+    try:
+        with _patched_batchnorm(decoder, _bn_replay):
+            tan = torch.func.vmap(lambda v: torch.func.jvp(decoder, (z,), (v,))[1])(tangents.transpose(0, 1).contiguous())
+    finally:
+        for m in bns:
+            del m._gracheck_stats
+    return g, tan.reshape(k, B, -1).permute(1, 2, 0)
+
+
+def _check_out(out: object, rows: int) -> None:
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != rows:
+        raise ValueError(f"decoder: must map [B, d] to [B, ...]; got output of shape {getattr(out, 'shape', None)}")
+
+
+_METHODS = ("auto", "forward-ad", "vmap")
+
+
+def _run_columns(decoder: Decoder, z: Tensor, tangents: Tensor, method: str) -> tuple[Tensor, Tensor]:
+    if method not in _METHODS:
+        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    if method == "auto":
+        # Measured on the paper's MNIST decoder (benchmarks/bench_core.py): dual tensors win for one or
+        # two columns (no separate primal pass), vmap wins beyond (the primal is not repeated k times).
+        method = "forward-ad" if tangents.shape[1] <= 2 else "vmap"
+    if method == "forward-ad":
+        return _columns_forward_ad(decoder, z, tangents)
+    return _columns_vmap(decoder, z, tangents)
 
 
 def jacobian_columns(
-    decoder: Decoder, z: Tensor, columns: Tensor, *, return_output: bool = False
+    decoder: Decoder, z: Tensor, columns: Tensor, *, return_output: bool = False, method: str = "auto"
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Columns J[:, c] of the decoder Jacobian at z, one JVP per column (Eq. 14, GRAE≈).
 
@@ -129,7 +194,8 @@ def jacobian_columns(
         decoder: any callable ``[B, d] → [B, ...]`` (an ``nn.Module`` gets per-example BatchNorm).
         z: latents ``[B, d]``.
         columns: LongTensor ``[B, k]`` of per-example column indices in ``[0, d)``.
-        return_output: also return the decoder output g(z) ``[B, D]`` from the same pass.
+        return_output: also return the decoder output g(z) ``[B, D]`` from the same computation.
+        method: "forward-ad" (dual tensors, one pass), "vmap" (torch.func), or "auto".
 
     Returns:
         ``[B, D, k]`` with ``out[b, :, j] = ∂g(z_b)/∂z_b[columns[b, j]]`` (and g when asked).
@@ -143,19 +209,21 @@ def jacobian_columns(
     if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= d):
         raise ValueError(f"columns: indices must lie in [0, {d}), got range [{int(columns.min())}, {int(columns.max())}]")
     tangents = F.one_hot(columns.long().to(z.device), d).to(z.dtype)  # [B, k, d]
-    g, cols = _run_columns(decoder, z, tangents)
+    g, cols = _run_columns(decoder, z, tangents, method)
     return (g, cols) if return_output else cols
 
 
-def decoder_jacobian(decoder: Decoder, z: Tensor, *, return_output: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def decoder_jacobian(
+    decoder: Decoder, z: Tensor, *, return_output: bool = False, method: str = "auto"
+) -> Tensor | tuple[Tensor, Tensor]:
     """The full decoder Jacobian J_g(z) ``[B, D, d]`` by d forward-mode JVPs (Eq. 11–13).
 
-    ``return_output=True`` also returns g(z) ``[B, D]`` computed in the same pass.
+    ``return_output=True`` also returns g(z) ``[B, D]``; ``method`` as in :func:`jacobian_columns`.
     """
     _check_z(z)
     B, d = z.shape
     eye = torch.eye(d, dtype=z.dtype, device=z.device).expand(B, d, d)
-    g, J = _run_columns(decoder, z, eye)
+    g, J = _run_columns(decoder, z, eye, method)
     return (g, J) if return_output else J
 
 

@@ -127,29 +127,33 @@ def _reverse_jacobian(decoder, z):
     return torch.stack(out)
 
 
-def test_decoder_jacobian_vs_reverse_mode_mlp():
+@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+def test_decoder_jacobian_vs_reverse_mode_mlp(method):
     dec = _mlp()
     z = torch.randn(4, 3, generator=_gen(8), dtype=DT)
-    torch.testing.assert_close(gc.decoder_jacobian(dec, z), _reverse_jacobian(dec, z), rtol=1e-12, atol=1e-13)
+    J = gc.decoder_jacobian(dec, z, method=method)
+    torch.testing.assert_close(J, _reverse_jacobian(dec, z), rtol=1e-12, atol=1e-13)
 
 
-def test_decoder_jacobian_conv_decoder():
+@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+def test_decoder_jacobian_conv_decoder(method):
     torch.manual_seed(1)
     dec = nn.Sequential(
         nn.Linear(2, 4 * 3 * 3), nn.ELU(), nn.Unflatten(1, (4, 3, 3)),
         nn.ConvTranspose2d(4, 3, 4, 2, 1), nn.ELU(), nn.Conv2d(3, 1, 3, 1, 1), nn.Sigmoid(),
     ).double().eval()
     z = torch.randn(3, 2, generator=_gen(9), dtype=DT)
-    J = gc.decoder_jacobian(dec, z)
+    J = gc.decoder_jacobian(dec, z, method=method)
     assert J.shape == (3, 36, 2)
     torch.testing.assert_close(J, _reverse_jacobian(dec, z), rtol=1e-11, atol=1e-13)
 
 
-def test_jacobian_columns_match_full_jacobian():
+@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+def test_jacobian_columns_match_full_jacobian(method):
     dec = _mlp(d=5)
     z = torch.randn(6, 5, generator=_gen(10), dtype=DT)
     cols = torch.randint(0, 5, (6, 3), generator=_gen(11))
-    Jc = gc.jacobian_columns(dec, z, cols)
+    Jc = gc.jacobian_columns(dec, z, cols, method=method)
     J = _reverse_jacobian(dec, z)
     torch.testing.assert_close(Jc, torch.gather(J, 2, cols.unsqueeze(1).expand(6, 7, 3)), rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="columns: indices"):
@@ -160,7 +164,8 @@ def test_jacobian_columns_match_full_jacobian():
         gc.decoder_jacobian(dec, z[0])
 
 
-def test_batchnorm_train_mode_is_per_example():
+@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+def test_batchnorm_train_mode_is_per_example(method):
     """DESIGN pitfall: a naive batched JVP through train-mode BN mixes examples (a shared
     one-hot tangent gives exactly zero after the first Linear+BN). The engine holds the
     batch statistics constant for tangents: equal to the per-example Jacobian with the
@@ -174,7 +179,7 @@ def test_batchnorm_train_mode_is_per_example():
     naive_dec = copy.deepcopy(dec)
     naive_dec[1].track_running_stats, naive_dec[1].running_mean, naive_dec[1].running_var = False, None, None
     naive = torch.func.jvp(naive_dec, (z,), (torch.zeros_like(z).index_fill_(1, torch.tensor([0]), 1.0),))[1]
-    assert float(naive.abs().max()) < 1e-12  # the pitfall is real
+    assert float(naive.detach().abs().max()) < 1e-12  # the pitfall is real
 
     ref_out = dec(z)
     ref_out.pow(2).sum().backward()
@@ -183,7 +188,7 @@ def test_batchnorm_train_mode_is_per_example():
     dec[1].reset_running_stats()
     dec.zero_grad()
 
-    g, J = gc.decoder_jacobian(dec, z, return_output=True)
+    g, J = gc.decoder_jacobian(dec, z, return_output=True, method=method)
     torch.testing.assert_close(g, ref_out.detach(), rtol=1e-12, atol=1e-13)
     g.pow(2).sum().backward()
     for p, r in zip(dec.parameters(), ref_grads):
@@ -202,7 +207,22 @@ def test_batchnorm_train_mode_is_per_example():
     torch.testing.assert_close(J, _reverse_jacobian(frozen, z), rtol=1e-10, atol=1e-12)
 
 
-def test_double_backward_through_jvp_vs_reverse_route():
+def test_batchnorm_gradient_of_jacobian_agrees_between_routes():
+    """With train-mode BN, ∂‖J‖²/∂θ (statistics differentiable, tangent-constant) must agree
+    between the dual-tensor route and the record/replay vmap route."""
+    dec = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ELU(), nn.Linear(16, 5)).double().train()
+    z = torch.randn(8, 3, generator=_gen(31), dtype=DT)
+    params = list(dec.parameters())
+    grads = []
+    for method in ("forward-ad", "vmap"):
+        g, J = gc.decoder_jacobian(dec, z, return_output=True, method=method)
+        grads.append(torch.autograd.grad(J.pow(2).sum() + g.pow(3).sum(), params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+def test_double_backward_through_jvp_vs_reverse_route(method):
     """Gradient of Σ‖J[:, c]‖² w.r.t. parameters: forward-mode engine + backward vs
     reverse-mode Jacobian built with create_graph=True + backward."""
     dec = _mlp(d=4)
@@ -210,7 +230,7 @@ def test_double_backward_through_jvp_vs_reverse_route():
     cols = torch.tensor([[0], [2], [3]])
     dec.zero_grad()
     params = list(dec.parameters())
-    g1 = torch.autograd.grad(gc.jacobian_columns(dec, z, cols).pow(2).sum(), params, allow_unused=True)
+    g1 = torch.autograd.grad(gc.jacobian_columns(dec, z, cols, method=method).pow(2).sum(), params, allow_unused=True)
     dec.zero_grad()
     total = 0
     for i in range(3):
