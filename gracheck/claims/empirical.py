@@ -49,20 +49,48 @@ _EMPIRICAL = [
 ]
 
 
+def _load_or_skip(claim_id: str):
+    """The experiment module for ``claim_id``; :class:`CheckSkipped` when it does not exist yet."""
+    try:
+        return load_module(claim_id)
+    except ModuleNotFoundError as e:
+        if e.name != EXPERIMENT_MODULES[claim_id]:
+            raise  # the module exists but something it imports is missing: an error, not a skip
+        raise CheckSkipped(
+            f"the experiment for {claim_id} ({EXPERIMENT_MODULES[claim_id]}) is not implemented yet: {e}"
+        ) from None
+
+
+def run_and_check(
+    claim_id: str,
+    *,
+    scale: str = "smoke",
+    seed: int = 0,
+    device: str = "cpu",
+    out_dir=None,
+    use_cache: bool = True,
+    progress=None,
+):
+    """Run the experiment behind ``claim_id`` (cached) and apply its decision rule.
+
+    Returns ``(ExperimentResult, evidence)`` where ``evidence`` is what the module's
+    ``check`` returned (a :class:`CheckResult` or a list of them). Raises
+    :class:`CheckSkipped` when the experiment module does not exist yet. The report
+    uses this to show the experiment's numbers beside the verdict; the registered
+    check of each empirical claim is this function minus the ExperimentResult.
+    """
+    mod = _load_or_skip(claim_id)
+    res = run_experiment(
+        claim_id, scale=scale, seed=seed, device=device, out_dir=out_dir, use_cache=use_cache, progress=progress
+    )
+    return res, mod.check(res)
+
+
 def _make_check(claim_id: str):
     def _check(*, seed, candidate, scale="smoke", device="cpu", out_dir=None, use_cache=True, progress=None):
-        try:
-            mod = load_module(claim_id)
-        except ModuleNotFoundError as e:
-            if e.name != EXPERIMENT_MODULES[claim_id]:
-                raise  # the module exists but something it imports is missing: an error, not a skip
-            raise CheckSkipped(
-                f"the experiment for {claim_id} ({EXPERIMENT_MODULES[claim_id]}) is not implemented yet: {e}"
-            ) from None
-        res = run_experiment(
+        return run_and_check(
             claim_id, scale=scale, seed=seed, device=device, out_dir=out_dir, use_cache=use_cache, progress=progress
-        )
-        return mod.check(res)
+        )[1]
 
     _check.__doc__ = f"Runs the {claim_id} experiment (cached) and applies its fixed decision rule."
     return _check

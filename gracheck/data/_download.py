@@ -1,0 +1,215 @@
+"""Opt-in download of the real data sets, and the ``python -m gracheck.data`` command line.
+
+Nothing in gracheck downloads on its own: the loaders only read local files. A user with
+network access may fetch MNIST from its usual mirrors (md5-verified, written atomically: a
+temporary file in the destination folder renamed into place only once verified, so no partial
+or unverified file is ever left under the final name). CelebA's official home is a Google
+Drive that needs a browser; without ``base_url`` we print where to get it instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from os import PathLike
+from pathlib import Path
+from typing import Sequence
+
+from gracheck.data import _paths, celeba, mnist
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+DATASETS = ("mnist", "celeba")
+
+
+class DownloadError(OSError):
+    """Every source failed for a file (network errors, HTTP errors); the attempts are listed."""
+
+
+def _url(base: str, name: str) -> str:
+    if not base.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"base_url: expected an http(s):// or file:// URL, got {base!r}")
+    return base.rstrip("/") + "/" + name
+
+
+def _fetch(url: str, dest: Path, md5: str, timeout: float, log) -> None:
+    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its md5 is ``md5``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        h = hashlib.md5()
+        n = 0
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                h.update(chunk)
+                n += len(chunk)
+        if h.hexdigest() != md5:
+            raise ValueError(
+                f"{url}: checksum mismatch: expected md5 {md5}, downloaded {n:,} bytes with md5 "
+                f"{h.hexdigest()}; nothing was written to {dest}"
+            )
+        os.replace(tmp, dest)
+        log(f"  {dest}  ({n:,} bytes, md5 ok) <- {url}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _get(name: str, md5: str, sources: Sequence[str], folder: Path, timeout: float, log) -> Path:
+    dest = folder / name
+    if dest.is_file():
+        try:
+            _paths.check_md5(dest, md5, force=True)
+            log(f"  {dest}  (already present, md5 ok)")
+            return dest
+        except ValueError:
+            log(f"  {dest}  (present but md5 differs; downloading again)")
+    errors: list[Exception] = []
+    for base in sources:
+        url = _url(base, name)
+        try:
+            _fetch(url, dest, md5, timeout, log)
+            return dest
+        except ValueError as e:  # checksum mismatch: try the next source
+            errors.append(e)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            errors.append(DownloadError(f"{url}: {e}"))
+    detail = "\n".join(f"  {e}" for e in errors)
+    if any(isinstance(e, ValueError) for e in errors):
+        raise ValueError(f"{name}: no source gave a file with the expected md5 {md5}:\n{detail}")
+    raise DownloadError(f"{name}: could not download from any source:\n{detail}")
+
+
+def celeba_instructions(dest: Path | None = None) -> str:
+    where = (dest or _paths.user_cache_dir()) / "celeba"
+    return (
+        "CelebA cannot be downloaded automatically: its official home is a Google Drive that needs "
+        f"a browser.\n  Official page: {celeba.OFFICIAL_URL}\n"
+        "  Files needed (put them together in one folder, e.g. " + str(where) + "):\n"
+        f"    Img/{celeba.OFFICIAL_ZIP}  md5 {celeba.OFFICIAL_ZIP_MD5}  (202,599 JPEGs, 178x218)\n"
+        f"    Eval/{celeba.SPLIT_FILE}  md5 {celeba.SPLIT_MD5}  ({celeba.SPLIT_ROWS:,} rows)\n"
+        "  Then point gracheck at the folder above it (root=... or $GRACHECK_DATA), or pass "
+        "load_celeba(archive=...). Given a mirror holding those two files: "
+        "python -m gracheck.data --download celeba --base-url URL"
+    )
+
+
+def download(
+    dataset: str,
+    dest: str | PathLike | None = None,
+    *,
+    base_url: str | None = None,
+    timeout: float = 60.0,
+    quiet: bool = True,
+) -> dict[str, Path]:
+    """Fetch a data set's files into ``dest/<dataset>/`` (default ``dest``: the user cache, which
+    the loaders search). Returns ``{file name: path}``.
+
+    mnist: the four IDX gz files, from ``base_url`` or else the mirrors in ``MNIST_MIRRORS`` in
+    turn, each md5-verified. celeba: only with ``base_url`` (fetches ``img_align_celeba.zip`` and
+    ``list_eval_partition.txt``, both md5-verified against the published sums); without it,
+    raises RuntimeError whose message says where and what to get by hand.
+    Files already present with the right md5 are kept. Raises ValueError on a checksum mismatch
+    (nothing is left at the destination) and DownloadError when no source could be reached.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {DATASETS}, got {dataset!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    root = Path(dest).expanduser() if dest is not None else _paths.user_cache_dir()
+    log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    out: dict[str, Path] = {}
+    if dataset == "mnist":
+        sources = [base_url] if base_url else list(MNIST_MIRRORS)
+        for name, md5 in mnist.MD5.items():
+            out[name] = _get(name, md5, sources, root / "mnist", timeout, log)
+        return out
+    if base_url is None:
+        raise RuntimeError(celeba_instructions(root))
+    out[celeba.SPLIT_FILE] = _get(celeba.SPLIT_FILE, celeba.SPLIT_MD5, [base_url], root / "celeba", timeout, log)
+    out[celeba.OFFICIAL_ZIP] = _get(
+        celeba.OFFICIAL_ZIP, celeba.OFFICIAL_ZIP_MD5, [base_url], root / "celeba", timeout, log
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def check(root: str | PathLike | None = None, out=None) -> bool:
+    """Print where each data set was found and whether it verifies; True when everything does."""
+    ok = True
+    out = out or sys.stdout
+    p = lambda s="": print(s, file=out)  # noqa: E731
+    p("Places searched, in order:")
+    for label, loc in _paths.candidate_roots(root):
+        p(f"  {loc}  ({label}{'' if loc.is_dir() else ', missing'})")
+    for split in ("train", "test"):
+        try:
+            folder = mnist.find_mnist(split, root)
+            images, _ = mnist.load_mnist(split, root, verify="always")
+            p(f"MNIST {split}: {folder}: {images.shape[0]:,} images {tuple(images.shape[1:])}, md5 ok")
+        except (FileNotFoundError, ValueError) as e:
+            ok = False
+            p(f"MNIST {split}: PROBLEM: {e}")
+    try:
+        path = celeba.find_split_file(root)
+        counts = celeba.celeba_split_counts(root)
+        p(f"CelebA split file: {path}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ", md5 ok")
+    except (FileNotFoundError, ValueError) as e:
+        ok = False
+        p(f"CelebA split file: PROBLEM: {e}")
+    try:
+        arch, _ = celeba.find_celeba(root)
+        celeba._check_archive_digest(arch)
+        src = celeba._Source(arch)
+        n = len(src.members)
+        src.close()
+        p(f"CelebA images: {arch}: {n:,} images, digest ok")
+    except (FileNotFoundError, ValueError) as e:
+        ok = False
+        p(f"CelebA images: PROBLEM: {e}")
+    try:
+        sums = _paths.verify_sha256(root)
+        bad = [k for k, v in sums.items() if not v["ok"]]
+        p(f"SHA256SUMS: {len(sums) - len(bad)}/{len(sums)} files ok" + (f"; bad: {', '.join(bad)}" if bad else ""))
+        ok = ok and not bad
+    except FileNotFoundError:
+        p("SHA256SUMS: none found (only the shipped shared/data has one)")
+    return ok
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gracheck.data",
+        description="Check the local data sets, or download them (opt-in; needs network).",
+    )
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--check", action="store_true", help="verify the local files and print what was found where")
+    g.add_argument("--download", choices=DATASETS, metavar="{mnist,celeba}", help="fetch a data set")
+    ap.add_argument("--root", help="data folder to check (default: the search path)")
+    ap.add_argument("--dest", help="download destination (default: the user cache, searched by the loaders)")
+    ap.add_argument("--base-url", help="fetch from this URL instead of the official mirrors")
+    ap.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    args = ap.parse_args(argv)
+    if args.check:
+        return 0 if check(args.root) else 1
+    try:
+        files = download(args.download, args.dest, base_url=args.base_url, timeout=args.timeout, quiet=False)
+    except RuntimeError as e:  # celeba without a base URL: instructions, not a failure of ours
+        print(e, file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.download}: {len(files)} files verified in {next(iter(files.values())).parent}")
+    return 0

@@ -1,0 +1,7 @@
+"""``python -m gracheck.report``; see :func:`gracheck.report.main`."""
+
+import sys
+
+from gracheck.report import main
+
+sys.exit(main())

@@ -1,0 +1,728 @@
+"""Run the claims and assemble the report document (the content of ``results.json``).
+
+Data flow: :func:`build_report` selects claims from the registry, runs each one
+(:func:`_run_claim`), turns the evidence into a status by the rules below, adds
+the experiments' numbers and any committed paper-scale results, writes
+``results.json`` and hands the same document to the Markdown and HTML renderers.
+
+Status of a claim (one per claim, from this run only):
+
+- derivation: ``verified`` if every CheckResult passed, else ``failed``;
+- erratum: ``erratum-confirmed`` if every CheckResult passed, else ``failed``;
+- empirical: ``verified`` if every CheckResult passed, ``refuted`` if a check ran and
+  did not pass (a finding, not an error);
+- a failing result outranks a skip; otherwise a method that raised
+  :class:`~gracheck.claims.CheckSkipped` makes the claim ``skipped`` (with ``reason``),
+  even when other methods passed: a skipped claim is never counted as verified;
+- any other exception makes the claim ``failed`` with ``errored: true`` and the
+  traceback summary in ``reason``.
+
+Exit code: 0 when no derivation or erratum failed and nothing errored (skips and
+refuted empirical claims allowed); 1 otherwise, or when ``strict`` and an empirical
+claim was refuted.
+
+Paper-scale results committed to the repository live in ``results/<claim_id>-paper.json``:
+an ``ExperimentResult.to_dict()`` object plus a ``provenance`` object
+(``date``, ``device``, ``git_commit``, ``command``, ``gracheck_version``; all optional).
+Figure paths in it are relative to the folder holding the JSON file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import gracheck
+from gracheck.claims import _registry
+from gracheck.claims._registry import CheckResult, CheckSkipped, Claim
+from gracheck.experiments._common import (
+    EXPERIMENT_MODULES,
+    SCALES,
+    ExperimentResult,
+    atomic_write_text,
+    now_utc,
+)
+
+STATUSES = ("verified", "erratum-confirmed", "refuted", "failed", "skipped")
+
+# The paper's figures, in paper order: (section title, claim id, what the paper shows).
+FIGURE_SECTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "Fig. 1 (and Fig. 5, 6; App. C): rotation of the inferred latents",
+        "fig1-rotation-uniqueness",
+        "Rotation angle between true and inferred latents against the ELBO's distance to its optimum, "
+        "diagonal vs full posterior covariance, on the 2-D synthetic data.",
+    ),
+    (
+        "Fig. 2 (and Fig. 7): posterior precision vs JᵀJ",
+        "fig2-precision-matches-jtj",
+        "Σ⁻¹ and JᵀJ at held-out MNIST points for block-diagonal posteriors.",
+    ),
+    (
+        "Fig. 3 (App. F): β-VAE, Taylor and GRAE objectives",
+        "fig3-objectives-agree",
+        "The three objectives on held-out MNIST over training, and their gaps against β.",
+    ),
+    (
+        "Fig. 4 and Table 1 (App. G): Fréchet distances on CelebA",
+        "fig4-fid-agree",
+        "Fréchet distance of β-VAE and GRAE≈ samples to held-out CelebA images across β.",
+    ),
+    (
+        "Eq. 5–6 on trained decoders: the second-order residual",
+        "eq6-residual-trained",
+        "Size of Σ_k (∂log p/∂g_k)∇²g_k relative to JᵀH_pJ at held-out points.",
+    ),
+    (
+        "Sec. 5.3 and 7: GRAE≈ trains like a β-VAE",
+        "grae-approx-trains-like-beta-vae",
+        "Held-out objectives and domain Fréchet distance of GRAE≈ vs β-VAE at the same β.",
+    ),
+)
+
+
+class UsageError(ValueError):
+    """Bad arguments to the report (unknown claim id, scale, device, ...): exit code 2 on the CLI."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportResult:
+    """What :func:`build_report` produced.
+
+    ``exit_code`` (0 / 1, see the module docstring), the paths of the written files,
+    ``counts`` per status and ``claims``: one summary dict per claim
+    (``id``, ``kind``, ``status``, ``errored``, ``reason``).
+    """
+
+    exit_code: int
+    results_path: Path
+    markdown_path: Path
+    html_path: Path
+    counts: dict[str, int]
+    claims: list[dict[str, Any]]
+    seconds: float
+
+    def summary_line(self) -> str:
+        return summary_line(self.counts, self.seconds)
+
+
+def summary_line(counts: dict[str, int], seconds: float | None = None) -> str:
+    parts = [f"{counts.get(s, 0)} {s}" for s in STATUSES]
+    tail = f" in {seconds:.1f} s" if seconds is not None else ""
+    n = sum(counts.values())
+    return f"{n} claim{'' if n == 1 else 's'}: " + ", ".join(parts) + tail
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def jsonable(v: Any) -> Any:
+    """A strict-JSON copy of ``v``: non-finite floats become strings ("nan", "inf", "-inf")."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else repr(v)
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "tolist"):
+        return jsonable(v.tolist())
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return jsonable(dataclasses.asdict(v))
+    return str(v)
+
+
+def _as_float(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def worst_error(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The result closest to (or furthest past) its tolerance, as ``{ratio, text, method, ...}``.
+
+    ``ratio`` = error / allowed, where allowed = atol + rtol·|expected| (the rule of
+    :func:`gracheck.claims._registry.compare`); below 1 passes. None when no result
+    carries both an error and a tolerance.
+    """
+    best: dict[str, Any] | None = None
+    for r in results:
+        abs_err, rel_err = _as_float(r.get("abs_err")), _as_float(r.get("rel_err"))
+        atol, rtol = _as_float(r.get("atol")), _as_float(r.get("rtol"))
+        exp = _as_float(r.get("expected"))
+        ratio = err = allowed = None
+        kind = ""
+        if abs_err is not None and (atol or rtol):
+            allowed = (atol or 0.0) + (rtol or 0.0) * (abs(exp) if exp is not None else 0.0)
+            if allowed > 0:
+                ratio, err, kind = abs_err / allowed, abs_err, "abs"
+        if ratio is None and rel_err is not None and rtol:
+            ratio, err, allowed, kind = rel_err / rtol, rel_err, rtol, "rel"
+        if ratio is None or math.isnan(ratio):
+            continue
+        if best is None or ratio > best["ratio"]:
+            best = {
+                "ratio": ratio,
+                "error": err,
+                "allowed": allowed,
+                "kind": kind,
+                "method": r.get("method", ""),
+                "passed": bool(r.get("passed")),
+            }
+    if best is None:
+        return None
+    word = "abs err" if best["kind"] == "abs" else "rel err"
+    best["text"] = f"{word} {best['error']:.2g} vs allowed {best['allowed']:.2g} ({best['method']})"
+    return best
+
+
+def _traceback_summary(exc: BaseException, limit: int = 4) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)[-limit:]
+    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in tb)
+    return f"{type(exc).__name__}: {exc} [at {where}]"
+
+
+def _normalise(claim: Claim, evidence: Any, seconds: float) -> list[CheckResult]:
+    """What Claim.check does to a check's return value: a list, seconds and source filled in."""
+    batch = [evidence] if isinstance(evidence, CheckResult) else list(evidence)
+    if not batch:
+        raise RuntimeError(f"claim {claim.id}: the check returned no evidence")
+    out = []
+    for r in batch:
+        if not isinstance(r, CheckResult):
+            raise TypeError(f"claim {claim.id}: check returned {type(r).__name__}, not CheckResult")
+        if r.seconds == 0.0:
+            r = dataclasses.replace(r, seconds=seconds / len(batch))
+        if not r.source:
+            r = dataclasses.replace(r, source=claim.source)
+        out.append(r)
+    return out
+
+
+def _candidate_name(c: Callable) -> str:
+    mod = getattr(c, "__module__", None) or ""
+    name = getattr(c, "__qualname__", None) or type(c).__name__
+    return f"{mod}.{name}" if mod else name
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _git_commit() -> str | None:
+    repo = Path(gracheck.__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = head.stdout.strip()
+        return commit + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, Any]:
+    import numpy
+    import scipy
+    import sympy
+    import torch
+
+    try:
+        import matplotlib
+
+        mpl = matplotlib.__version__
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        mpl = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        dev_name = _cpu_name()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "sympy": sympy.__version__,
+        "matplotlib": mpl,
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": dev_name,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+    }
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_results_dir() -> Path | None:
+    d = Path(gracheck.__file__).resolve().parents[1] / "results"
+    return d if d.is_dir() else None
+
+
+# ----------------------------------------------------------------------------- running claims
+
+
+def _run_methods(claim: Claim, *, seed: int, candidate: Callable | None, kw: dict[str, Any]):
+    """Run every method of ``claim`` separately, so one skipped method does not hide the others.
+
+    Returns (results, skipped_reasons, error) where error is the exception summary or None.
+    """
+    results: list[CheckResult] = []
+    skipped: list[str] = []
+    names = list(claim._checks)
+    if not names:
+        try:
+            claim.check(seed=seed, candidate=candidate)  # raises CheckSkipped("no check implemented yet")
+            return results, ["the claim has no check"], None
+        except CheckSkipped as e:
+            return results, [str(e)], None
+    for name in names:
+        try:
+            mkw = kw if name == "empirical" else {}
+            results.extend(claim.check(name, seed=seed, candidate=candidate, **mkw))
+        except CheckSkipped as e:
+            skipped.append(f"{name}: {e}")
+        except Exception as e:  # noqa: BLE001 - any error is reported, never hidden
+            return results, skipped, f"{name}: {_traceback_summary(e)}"
+    return results, skipped, None
+
+
+def _status(kind: str, results: list[CheckResult], skipped: list[str], error: str | None) -> tuple[str, str]:
+    if error is not None:
+        return "failed", error
+    if any(not r.passed for r in results):
+        bad = next(r for r in results if not r.passed)
+        if kind == "empirical":
+            return "refuted", bad.failure_message().replace(" failed by method ", " not confirmed by method ", 1)
+        return "failed", bad.failure_message()
+    if skipped:
+        return "skipped", "; ".join(skipped)
+    if not results:
+        return "skipped", "the check produced no evidence"
+    return ("erratum-confirmed" if kind == "erratum" else "verified"), ""
+
+
+def citation(version: str, cid: str, status: str, methods: list[str], scale: str | None, seed: int) -> str:
+    how = ", ".join(methods) if methods else "not run"
+    at = f" at {scale} scale, seed {seed}" if scale else ""
+    return f"gracheck {version}, claim {cid}, {status}{at} ({how})"
+
+
+def _experiment_entry(
+    claim: Claim,
+    res: ExperimentResult | None,
+    *,
+    out_dir: Path,
+    status: str,
+    reason: str,
+    scale: str,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "claim_id": claim.id,
+        "run": res is not None,
+        "status": status,
+        "scale": scale,
+        "reason": reason if res is None else "",
+    }
+    if res is not None:
+        figs = []
+        for f in res.figures:
+            p = Path(f)
+            try:
+                figs.append(p.resolve().relative_to(out_dir.resolve()).as_posix())
+            except ValueError:
+                figs.append(str(p))
+        entry.update(
+            scale=res.scale,
+            config=res.config,
+            seeds=list(res.seeds),
+            device=res.device,
+            metrics={k: m.to_dict() for k, m in res.metrics.items()},
+            figures=figs,
+            seconds=res.seconds,
+            created=res.created,
+            notes=list(res.notes),
+            data=res.data,
+        )
+    return entry
+
+
+def load_paper_result(claim_id: str, results_dir: Path | None, out_dir: Path) -> dict[str, Any] | None:
+    """The committed paper-scale result for ``claim_id`` as a report entry, or None if there is none.
+
+    A file that exists but cannot be read gives an entry with ``error`` (shown, never hidden).
+    Its figures are copied into ``out_dir/figures`` with a ``paper-`` prefix.
+    """
+    if results_dir is None:
+        return None
+    path = Path(results_dir) / f"{claim_id}-paper.json"
+    if not path.is_file():
+        return None
+    entry: dict[str, Any] = {"path": str(path), "error": ""}
+    try:
+        raw = json.loads(path.read_text())
+        prov = dict(raw.pop("provenance", {}) or {})
+        res = ExperimentResult.from_dict(raw)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        entry["error"] = f"could not read {path.name}: {type(e).__name__}: {e}"
+        return entry
+    figs = []
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    for f in res.figures:
+        src = Path(f) if Path(f).is_absolute() else path.parent / f
+        if src.is_file():
+            dst = out_dir / "figures" / f"paper-{src.name}"
+            shutil.copyfile(src, dst)
+            figs.append(dst.relative_to(out_dir).as_posix())
+    verdict, verdict_reason, results = "not checked", "", []
+    try:
+        from gracheck.experiments._common import load_module
+
+        mod = load_module(claim_id)
+        t0 = time.perf_counter()
+        claim = _registry._REGISTRY.get(claim_id)
+        ev = mod.check(res)
+        results = _normalise(claim, ev, time.perf_counter() - t0) if claim else []
+        verdict = "verified" if all(r.passed for r in results) and results else "refuted"
+    except CheckSkipped as e:
+        verdict_reason = str(e)
+    except ModuleNotFoundError as e:
+        verdict_reason = f"the experiment module is not available here: {e}"
+    except Exception as e:  # noqa: BLE001
+        verdict, verdict_reason = "error", _traceback_summary(e)
+    entry.update(
+        label=(
+            f"paper scale (GPU run committed in results/, {prov.get('date') or res.created or 'undated'}, "
+            f"{prov.get('device') or res.device})"
+        ),
+        provenance=prov,
+        scale=res.scale,
+        config=res.config,
+        seeds=list(res.seeds),
+        device=res.device,
+        metrics={k: m.to_dict() for k, m in res.metrics.items()},
+        figures=figs,
+        seconds=res.seconds,
+        created=res.created,
+        notes=list(res.notes),
+        verdict=verdict,
+        verdict_reason=verdict_reason,
+        results=[r.to_dict() for r in results],
+    )
+    return entry
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    def __init__(self, sink: Callable[[str], None] | None, total: int):
+        self.sink, self.total, self.t0 = sink, total, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def line(self, s: str) -> None:
+        if self.sink is not None:
+            self.sink(s)
+
+    def begin(self, s: str) -> None:
+        """Show what is running now; only a terminal sink shows it (then overwritten by the result line)."""
+        if isinstance(self.sink, _TerminalSink):
+            self.sink.begin(s)
+
+    def prefix(self, i: int, cid: str) -> str:
+        w = len(str(self.total))
+        return f"[{i:>{w}}/{self.total}] {cid}"
+
+
+class _TerminalSink:
+    """Progress on stderr: a "running" line that the result line then overwrites."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.pending = False
+
+    def begin(self, s: str) -> None:
+        self.stream.write(s)
+        self.stream.flush()
+        self.pending = True
+
+    def __call__(self, s: str) -> None:
+        if self.pending:
+            self.stream.write("\r\033[K")
+            self.pending = False
+        self.stream.write(s + "\n")
+        self.stream.flush()
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def select_claims(only: Iterable[str] | None) -> list[Claim]:
+    claims = _registry.registry()
+    if only is None:
+        return claims
+    only = list(only)
+    known = {c.id for c in claims}
+    for cid in only:
+        if cid not in known:
+            import difflib
+
+            close = difflib.get_close_matches(cid, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(f"--only: no claim {cid!r}{hint} (python -m gracheck.report --list shows the ids)")
+    want = set(only)
+    return [c for c in claims if c.id in want]
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device: {device!r} requested but CUDA is not available here; use --device cpu")
+        return device
+    raise UsageError(f"--device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def build_report(
+    out_dir: str | os.PathLike = "gracheck-report",
+    *,
+    scale: str = "smoke",
+    device: str | None = None,
+    only: Iterable[str] | None = None,
+    seed: int = 0,
+    candidates: dict[str, Callable] | None = None,
+    strict: bool = False,
+    quiet: bool = True,
+    progress: Callable[[str], None] | None = None,
+    results_dir: str | os.PathLike | None | bool = True,
+    use_cache: bool = True,
+) -> ReportResult:
+    """Run the selected claims and write ``results.json``, ``report.md``, ``report.html`` and ``figures/``.
+
+    ``scale``: "smoke" | "paper" (experiments only; derivations do not depend on it).
+    ``device``: "cpu" | "cuda" | "cuda:N"; default cuda when available. ``only``: claim ids
+    (default: every registered claim). ``candidates``: claim id -> implementation under test,
+    for claims with ``takes_candidate`` (the report then says a candidate was checked).
+    ``strict``: a refuted empirical claim also gives exit code 1. ``quiet``: no progress
+    lines; ``progress`` receives them instead of stderr when given. ``results_dir``: the
+    folder of committed paper-scale results (True: the repository's ``results/``; None or
+    False: none). Raises :class:`UsageError` on bad arguments.
+    """
+    t_start = time.perf_counter()
+    if scale not in SCALES:
+        raise UsageError(f"--scale: expected one of {', '.join(SCALES)}, got {scale!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UsageError(f"--seed: expected a non-negative integer, got {seed!r}")
+    device = _check_device(device if device is not None else default_device())
+    claims = select_claims(only)
+    candidates = dict(candidates or {})
+    selected = {c.id: c for c in claims}
+    for cid, cand in candidates.items():
+        if cid not in selected:
+            raise UsageError(f"candidates: claim {cid!r} is not among the selected claims")
+        if not selected[cid].takes_candidate:
+            raise UsageError(f"candidates: claim {cid!r} does not take a candidate implementation")
+        if not callable(cand):
+            raise UsageError(f"candidates: the candidate for {cid!r} is not callable")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {str(out)!r} exists and is not a folder")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if results_dir is True:
+        rdir = default_results_dir()
+    elif results_dir is None or results_dir is False:
+        rdir = None
+    else:
+        rdir = Path(results_dir)
+
+    sink = progress if progress is not None else (None if quiet else _TerminalSink())
+    prog = _Progress(sink, len(claims))
+    version = gracheck.__version__
+    entries: list[dict[str, Any]] = []
+    experiments: list[dict[str, Any]] = []
+
+    for i, c in enumerate(claims, 1):
+        t0 = time.perf_counter()
+        cand = candidates.get(c.id)
+        exp_res: ExperimentResult | None = None
+        is_experiment = c.kind == "empirical" and c.id in EXPERIMENT_MODULES and list(c._checks) == ["empirical"]
+        if is_experiment:
+            prog.line(f"{prog.prefix(i, c.id)} ... running its experiment at {scale} scale on {device}")
+
+            def _sub(msg: str, _t0=t0) -> None:
+                prog.line(f"      {time.perf_counter() - _t0:7.1f} s  {msg}")
+
+            results: list[CheckResult] = []
+            skipped: list[str] = []
+            error = None
+            try:
+                from gracheck.claims.empirical import run_and_check
+
+                exp_res, ev = run_and_check(
+                    c.id,
+                    scale=scale,
+                    seed=seed,
+                    device=device,
+                    out_dir=out / "figures",
+                    use_cache=use_cache,
+                    progress=_sub if sink is not None else None,
+                )
+                results = _normalise(c, ev, time.perf_counter() - t0)
+            except CheckSkipped as e:
+                skipped = [f"empirical: {e}"]
+            except Exception as e:  # noqa: BLE001
+                error = f"empirical: {_traceback_summary(e)}"
+        else:
+            prog.begin(f"{prog.prefix(i, c.id)} ... running {', '.join(c.methods) or 'its check'}")
+            kw = {"scale": scale, "device": device, "out_dir": out / "figures"} if c.kind == "empirical" else {}
+            results, skipped, error = _run_methods(c, seed=seed, candidate=cand, kw=kw)
+        status, reason = _status(c.kind, results, skipped, error)
+        dt = time.perf_counter() - t0
+        rdicts = [r.to_dict() for r in results]
+        methods_run = list(dict.fromkeys(r.method for r in results))
+        entry = {
+            "id": c.id,
+            "source": c.source,
+            "kind": c.kind,
+            "statement": c.statement,
+            "corrected": c.corrected,
+            "methods": list(c.methods),
+            "methods_run": methods_run,
+            "status": status,
+            "errored": error is not None,
+            "reason": reason,
+            "skipped_methods": skipped,
+            "candidate": _candidate_name(cand) if cand is not None else None,
+            "scale": scale if c.kind == "empirical" else None,
+            "seed": seed,
+            "seconds": dt,
+            "worst": worst_error(rdicts),
+            "citation": citation(
+                version, c.id, status, methods_run, scale if c.kind == "empirical" else None, seed
+            )
+            + (" [candidate under test, not the library's implementation]" if cand is not None else ""),
+            "results": rdicts,
+        }
+        entries.append(entry)
+        if c.kind == "empirical":
+            if exp_res is None and results and error is None:
+                why = "the check ran (its evidence is under 'Evidence per claim') but exposes no experiment record"
+            else:
+                why = reason or "; ".join(skipped)
+            e_entry = _experiment_entry(c, exp_res, out_dir=out, status=status, reason=why, scale=scale)
+            e_entry["paper_scale"] = load_paper_result(c.id, rdir, out)
+            experiments.append(e_entry)
+        prog.line(f"{prog.prefix(i, c.id)} ... {status} ({dt:.1f} s, total {prog.elapsed():.1f} s)")
+
+    counts = {s: sum(e["status"] == s for e in entries) for s in STATUSES}
+    errored = any(e["errored"] for e in entries)
+    hard_fail = any(e["status"] == "failed" and e["kind"] in ("derivation", "erratum") for e in entries)
+    refuted = counts["refuted"] > 0
+    exit_code = 1 if (errored or hard_fail or (strict and refuted)) else 0
+
+    doc: dict[str, Any] = {
+        "gracheck_version": version,
+        "created": now_utc(),
+        "environment": environment(device),
+        "scale": scale,
+        "seed": seed,
+        "device": device,
+        "strict": strict,
+        "only": list(only) if only is not None else None,
+        "candidates": {k: _candidate_name(v) for k, v in candidates.items()},
+        "results_dir": str(rdir) if rdir is not None else None,
+        "counts": counts,
+        "exit_code": exit_code,
+        "seconds": 0.0,
+        "claims": entries,
+        "experiments": experiments,
+        "figure_sections": [
+            {"title": t, "claim_id": cid, "shows": shows} for t, cid, shows in FIGURE_SECTIONS
+        ],
+        "summary_figure": None,
+    }
+    from gracheck.report._figures import summary_figure
+
+    try:
+        doc["summary_figure"] = summary_figure(entries, out / "figures" / "summary-tolerances.png", out)
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not hide the verdicts
+        doc["summary_figure_error"] = _traceback_summary(e)
+    doc["seconds"] = time.perf_counter() - t_start
+    doc = jsonable(doc)
+
+    from gracheck.report._render_html import render_html
+    from gracheck.report._render_md import render_markdown
+
+    results_path = out / "results.json"
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(results_path, json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(md_path, render_markdown(doc))
+    atomic_write_text(html_path, render_html(doc, out))
+    summary = [
+        {"id": e["id"], "kind": e["kind"], "status": e["status"], "errored": e["errored"], "reason": e["reason"]}
+        for e in entries
+    ]
+    return ReportResult(
+        exit_code=exit_code,
+        results_path=results_path,
+        markdown_path=md_path,
+        html_path=html_path,
+        counts=counts,
+        claims=summary,
+        seconds=doc["seconds"],
+    )
+
+
+def schema_path() -> Path:
+    """The JSON Schema (draft 2020-12) that ``results.json`` follows."""
+    return Path(__file__).with_name("results.schema.json")
