@@ -11,6 +11,7 @@ from gracheck.data._paths import data_root, verify_sha256
 from gracheck.data.celeba import celeba_split_counts, load_celeba
 from gracheck.data._download import download
 from gracheck.data.mnist import load_mnist, mnist_images
+from gracheck.data.synthetic import SyntheticData, make_synthetic
 
 __all__ = [
     "data_root",
@@ -20,4 +21,6 @@ __all__ = [
     "celeba_split_counts",
     "verify_sha256",
     "download",
+    "make_synthetic",
+    "SyntheticData",
 ]
