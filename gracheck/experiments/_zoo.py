@@ -1,0 +1,40 @@
+"""Trained models shared by the experiments, cached by their full training config.
+
+Several empirical claims evaluate the same kind of trained network (e.g. MNIST β-VAEs at
+d = 12 across β). :func:`trained` trains a :class:`~gracheck.train.TrainConfig` once into
+``cache_dir()/models/<hash>`` (resuming a partial run; checkpoints are atomic) and loads it
+afterwards, so the report, ``pytest verification/`` and the other experiments reuse it.
+The key is the whole config plus gracheck's version: any change retrains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from gracheck.experiments._common import cache_dir
+
+
+def model_dir(config) -> Path:
+    """The cache folder of the run trained with ``config`` (a TrainConfig)."""
+    from gracheck import __version__
+
+    blob = json.dumps([config.to_dict(), __version__], sort_keys=True, default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{config.dataset}-{config.model}-{key}"
+
+
+def trained(config, *, progress: bool = False):
+    """``(model, result)``: the model trained with ``config`` (eval mode) and its TrainResult dict."""
+    from gracheck.train import load_checkpoint, train
+
+    out = model_dir(config)
+    done = out / "result.json"
+    if not done.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        train(config, out, resume=True, progress=progress)
+    model, cfg, step = load_checkpoint(out)
+    if cfg.to_dict() != config.to_dict():
+        raise RuntimeError(f"model cache {out} holds a different config; delete the folder to retrain")
+    return model, json.loads(done.read_text())
