@@ -137,9 +137,9 @@ def _columns_forward_ad(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[
     """Route 1 (few columns): one forward pass with dual tensors over rows (example, column).
     z ``[B, d]``, tangents ``[B, k, d]`` → (g ``[B, D]``, columns ``[B, D, k]``)."""
     B, k, d = tangents.shape
-    zz = z.unsqueeze(1).expand(B, k, d).reshape(B * k, d)
+    zz = z.repeat_interleave(k, dim=0)  # fresh memory: make_dual rejects expanded/aliased views
     with _patched_batchnorm(decoder, _bn_dual, rows=k), fwAD.dual_level():
-        out = decoder(fwAD.make_dual(zz, tangents.reshape(B * k, d)))
+        out = decoder(fwAD.make_dual(zz, tangents.reshape(B * k, d).contiguous()))
         _check_out(out, B * k)
         primal, tangent = fwAD.unpack_dual(out)
     if tangent is None:  # the output does not depend on z at all

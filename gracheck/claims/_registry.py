@@ -316,11 +316,13 @@ def compare(
     e = np.asarray(_to_numpy(expected), dtype=np.float64)
     if m.shape != e.shape:
         raise ValueError(f"measured/expected: shapes differ, {m.shape} vs {e.shape}")
-    diff = np.abs(m - e)
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = np.abs(m - e)
     finite = bool(np.all(np.isfinite(m)) and np.all(np.isfinite(e)))
     ok = finite and bool(np.all(diff <= atol + rtol * np.abs(e)))
     abs_err = float(np.max(diff)) if diff.size else 0.0
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
     rel_err = float(np.max(rel)) if rel.size else 0.0
     if not finite:
         abs_err = rel_err = float("inf")

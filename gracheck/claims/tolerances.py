@@ -50,7 +50,127 @@ TOLERANCES: dict[str, Tolerance] = {
         reason="central differences with h=1e-5 in float64: truncation ~h^2, rounding ~eps/h",
     ),
     # ---- Sec. 3 / App. A / App. B family (sec3_uniqueness.py) ----
+    # Midpoint sums on a 2-D grid (400²/500² cells over [−32, 32]², 300² over [−12, 12]², or 120² over
+    # the image of a ±9σ box) of analytic integrands that are < 1e-14 at the box edge, against
+    # Gauss–Hermite (96² nodes) or a second grid sum. Such sums converge geometrically: measured, 250²
+    # over [−32, 32]² is off by 3e-11 and the grids used by ≤ 1e-14 (80²..150² on the ±9σ image agree
+    # to 1e-15); 64² Gauss–Hermite nodes were off by 5e-11, 96² agree with the grids to ≤ 1e-13.
+    # 1e-9 leaves margin; the effects the checks must see (|log det J_r| ~ 5e-2, a missing Jacobian
+    # ~ 1e-3) are ≥ 1e6 times larger.
+    "sec3-grid-quadrature": Tolerance(
+        atol=1e-9,
+        rtol=1e-9,
+        reason="2-D midpoint sums of analytic, edge-negligible integrands vs Gauss–Hermite: measured ≤ 1e-13; effects sought ≥ 1e-3",
+    ),
+    # The App. A transform chains ndtri, log_ndtr, exp and a rotation; ndtri's relative error grows as
+    # ~eps/min(u, 1−u) in the tails, ≲ 1e-11 for the ≤ 1000 prior samples per check (min(u, 1−u) ≳ 1e-5).
+    # Measured: ≤ 4e-15 on log densities.
+    "sec3-appA-autograd": Tolerance(
+        atol=1e-9,
+        rtol=1e-9,
+        reason="float64 ndtri/log_ndtr chains on prior samples: tail loss ≲ 1e-11, measured ≤ 4e-15; a wrong Jacobian is ≥ 1e-3 off",
+    ),
+    # 40-digit mpmath evaluation of sympy expressions: residuals ~1e-38 before conversion to float64.
+    "sec3-mpmath": Tolerance(
+        atol=1e-14,
+        rtol=0.0,
+        reason="40-digit evaluation, then one float64 rounding (≤ 1.1e-16 relative on O(1) values)",
+    ),
+    # An erratum is refuted only by a discrepancy far above rounding: exact/float64 routes here
+    # round at ≤ 1e-12, and the printed statements miss by ≥ 1e-3 (smallest: 1.9e-3, det J_r at 40
+    # digits). Also the floor for quantities that must be non-zero in every case (controls).
+    "sec3-refute-floor": Tolerance(
+        atol=1e-6,
+        rtol=0.0,
+        reason="a printed equality counts as false only if it misses by > 1e-6, ≥ 1e6 × the float64 rounding of these routes",
+    ),
+    # A Monte Carlo refutation: the printed value must be more than 10 standard errors away.
+    "sec3-refute-se": Tolerance(
+        atol=10.0,
+        rtol=0.0,
+        reason="|z| > 10 s.e.: a true statement is declared false with probability < 1e-22 (CLT-normal mean, N ≥ 1e5)",
+    ),
+    # Kolmogorov–Smirnov p-values of samples that follow the null: each is uniform on (0, 1).
+    "sec3-ks-level": Tolerance(
+        atol=1e-4,
+        rtol=0.0,
+        reason="KS p-value ≥ 1e-4 per coordinate: a true null fails with probability 1e-4 per test (6 tests: 6e-4; seeded, so fixed)",
+    ),
     # ---- Sec. 4 / 5 / 7 families (sec4_taylor.py, sec5_grae.py, sec7_gap.py) ----
+    # A candidate implementation (Eq. 9 Σ*, Eq. 14 bound, Sec. 7 gap) against an
+    # independent float64 route on inputs with condition number ≤ 1e3: rounding
+    # stays below 1e-12 relative, so 1e-9 catches a Σ scaled by (1 + 1e-3), a
+    # bound loosened by 1e-3 and a float32 implementation (error ~1e-7).
+    "candidate-float64": Tolerance(
+        atol=1e-10,
+        rtol=1e-9,
+        reason="float64 routes on cond ≤ 1e3 inputs round at ≲1e-12; the subtlest wrong formula is off by ≥1e-6",
+    ),
+    # An inequality a ≥ b checked in float64: a − b may come out as −(rounding).
+    "inequality-rounding": Tolerance(
+        atol=1e-10,
+        rtol=1e-12,
+        reason="a ≥ b may read a − b ≈ −1e-13 after float64 rounding; a real violation is ≥ 1e-6",
+    ),
+    # Strict inequality: the measured margin must be at least half the margin an
+    # independent route predicts (margins in the test cases are ≥ 1e-3).
+    "strict-margin-fraction": Tolerance(
+        atol=0.0,
+        rtol=0.5,
+        reason="a strict inequality must hold by ≥ 50% of the independently computed margin (≥1e-3 here)",
+    ),
+    # Maximising Eq. 7/8 over Σ = LLᵀ with LBFGS (strong Wolfe, float64) stops at a
+    # gradient norm ~1e-11: the optimal *value* is then off by ~|grad|²/curvature
+    # ≪ 1e-12, the *maximiser* by ~|grad|/curvature ~ 1e-9 (curvature ≥ 1e-2 here).
+    "optimiser-value": Tolerance(
+        atol=1e-9,
+        rtol=1e-9,
+        reason="LBFGS maximum of a smooth strictly concave function: value error ~|grad|² ≪ 1e-12",
+    ),
+    "optimiser-argmax": Tolerance(
+        atol=1e-6,
+        rtol=1e-6,
+        reason="LBFGS maximiser: error ~|grad|/curvature ≲ 1e-9 at gradient norm 1e-11, curvature ≥ 1e-2",
+    ),
+    # Exact Gauss–Hermite quadrature (degree ≤ 2n−1 exact) of a quadratic vs the closed form,
+    # and high-order quadrature of a smooth network's log-likelihood (n = 24 nodes per dim).
+    "quadrature": Tolerance(
+        atol=1e-11,
+        rtol=1e-10,
+        reason="Gauss–Hermite sums of ≤ 600 float64 terms of size O(10): rounding ≲ 1e-13",
+    ),
+    # Monte Carlo mean vs exact expectation: pass iff |mean − E| ≤ 5 standard errors.
+    # atol here is the number of standard errors (the CheckResult stores 5·s.e.).
+    "montecarlo-5se": Tolerance(
+        atol=5.0,
+        rtol=0.0,
+        reason="|z| ≤ 5 standard errors: false-fail probability < 6e-7 for a CLT-normal mean (N ≥ 4000)",
+    ),
+    # Fitted log-log slopes (diffrax-style order checks).
+    "rate-slope": Tolerance(
+        atol=0.15,
+        rtol=0.0,
+        reason="least-squares slope over ≥ 6 points in the asymptotic range; higher-order terms bias it by ≲ 0.05",
+    ),
+    # Geometric rate of the log1p matrix series: slope of log|Rₙ|(n+1) in n vs log(s_max²/β).
+    "series-rate": Tolerance(
+        atol=0.02,
+        rtol=0.0,
+        reason="log|Rₙ|+log(n+1) = n log r + O(1) + O((r₂/r)ⁿ); fitted over n ∈ [20, 60] the slope error is ≲ 0.01",
+    ),
+    # An erratum's printed formula is "shown false" when it misses the true value by
+    # more than this: far above float64 rounding (1e-13) and optimiser error (1e-9).
+    "erratum-separation": Tolerance(
+        atol=1e-6,
+        rtol=1e-6,
+        reason="a printed formula counts as refuted only if it misses by > 1e-6 + 1e-6·|true|, 1e3× above rounding/optimiser error",
+    ),
+    # A negative control must be measurably non-zero: relative residual above this floor.
+    "negative-control": Tolerance(
+        atol=1e-4,
+        rtol=0.0,
+        reason="a genuinely non-zero effect is ≥ 1e-2 relative; float64 rounding is ≤ 1e-13, so 1e-4 separates them",
+    ),
 }
 
 

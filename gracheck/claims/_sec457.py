@@ -1,0 +1,291 @@
+"""Helpers shared by the Sec. 4 / 5 / 7 claim families (sec4_taylor, sec5_grae, sec7_gap).
+
+Nothing here states a claim; these are the independent *routes* the checks use:
+small real networks with explicit seeded weights, an LBFGS maximiser over
+covariances, Gauss–Hermite expectations, slope fits, and the plumbing that calls
+a candidate implementation and turns its failures into evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gracheck.claims._registry import CheckResult, compare, result
+from gracheck.claims.strategies import DTYPE, normal
+from gracheck.claims.tolerances import tol
+
+# ---------------------------------------------------------------- candidates
+
+
+class CandidateError(Exception):
+    """The candidate raised or returned something that is not a tensor of the expected shape."""
+
+
+def call_candidate(candidate: Callable, *args: Any, shape: tuple[int, ...] | None = None) -> Tensor:
+    """Call ``candidate(*args)``; return its output as a float64 tensor (numpy/float outputs accepted).
+
+    Raises :class:`CandidateError` (with the original error) if it raises, returns a
+    non-numeric value, or a shape other than ``shape``.
+    """
+    args = tuple(a.clone() if isinstance(a, Tensor) else a for a in args)  # a candidate must not see/alter our inputs
+    try:
+        out = candidate(*args)
+    except Exception as e:  # a wrong candidate may fail in any way; that is evidence, not a crash
+        raise CandidateError(f"candidate raised {type(e).__name__}: {e}") from e
+    try:
+        if isinstance(out, Tensor):
+            t = out.detach().to(DTYPE)
+        else:
+            t = torch.as_tensor(np.asarray(out, dtype=np.float64))
+    except Exception as e:
+        raise CandidateError(f"candidate returned {type(out).__name__}, not a tensor: {e}") from e
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise CandidateError(f"candidate returned shape {tuple(t.shape)}, expected {tuple(shape)}")
+    return t
+
+
+def candidate_failed(claim_id: str, method: str, seed: int, err: Exception, what: str) -> CheckResult:
+    """Evidence that the candidate could not even be evaluated on the check's inputs."""
+    return result(
+        claim_id,
+        method,
+        passed=False,
+        measured=str(err),
+        expected=what,
+        abs_err=float("inf"),
+        rel_err=float("inf"),
+        atol=0.0,
+        rtol=0.0,
+        detail=f"the candidate failed on valid inputs ({what}): {err}",
+        seed=seed,
+    )
+
+
+def tcompare(claim_id: str, method: str, measured: Any, expected: Any, tol_name: str, detail: str, seed: int) -> CheckResult:
+    """:func:`compare` with a named tolerance from the table (the name is recorded in ``detail``)."""
+    t = tol(tol_name)
+    return compare(
+        claim_id, method, measured, expected, atol=t.atol, rtol=t.rtol, detail=f"{detail} [tolerance {tol_name!r}]", seed=seed
+    )
+
+
+def at_least(
+    claim_id: str, method: str, lhs: Tensor, rhs: Tensor, detail: str, seed: int, tol_name: str = "inequality-rounding"
+) -> CheckResult:
+    """Evidence for lhs ≥ rhs elementwise (up to rounding): measured = min(lhs − rhs), expected = 0."""
+    t = tol(tol_name)
+    lhs, rhs = torch.as_tensor(lhs, dtype=DTYPE), torch.as_tensor(rhs, dtype=DTYPE)
+    slack = t.atol + t.rtol * rhs.abs()
+    margin = lhs - rhs
+    finite = bool(torch.isfinite(margin).all())
+    ok = finite and bool((margin >= -slack).all())
+    worst = float(margin.min()) if finite else float("-inf")
+    return result(
+        claim_id,
+        method,
+        passed=ok,
+        measured=worst,
+        expected=0.0,
+        abs_err=max(0.0, -worst) if finite else float("inf"),
+        rel_err=None,
+        atol=t.atol,
+        rtol=t.rtol,
+        detail=f"{detail}: min(lhs − rhs) over {margin.numel()} cases must be ≥ −(atol + rtol·|rhs|) "
+        f"[tolerance {tol_name!r}]",
+        seed=seed,
+    )
+
+
+def negative_definite(claim_id: str, method: str, max_eigs: Sequence[float], detail: str, seed: int) -> CheckResult:
+    """Evidence that Hessians are negative definite: the largest eigenvalue must be below −atol (strictly
+    negative beyond rounding)."""
+    t = tol("inequality-rounding")
+    worst = float(max(max_eigs))
+    ok = math.isfinite(worst) and worst < -t.atol
+    return result(claim_id, method, passed=ok, measured=worst, expected=0.0, abs_err=max(0.0, worst + t.atol) if math.isfinite(worst) else float("inf"),
+                  atol=t.atol, rtol=None, detail=f"{detail}: largest eigenvalue over {len(max_eigs)} Hessians must be < −atol "
+                  "[tolerance 'inequality-rounding']", seed=seed)
+
+
+def strictly_above(
+    claim_id: str, method: str, margin: Tensor, predicted: Tensor, detail: str, seed: int
+) -> CheckResult:
+    """Evidence for a strict inequality: margin ≥ (1 − rtol)·predicted where ``predicted`` > 0 is the
+    margin an independent route gives (so a bound that is too tight fails)."""
+    t = tol("strict-margin-fraction")
+    margin, predicted = torch.as_tensor(margin, dtype=DTYPE), torch.as_tensor(predicted, dtype=DTYPE)
+    if not bool((predicted > 0).all()):
+        raise ValueError("predicted: strictness needs a positive predicted margin in every case")
+    ratio = margin / predicted
+    finite = bool(torch.isfinite(ratio).all())
+    ok = finite and bool((ratio >= 1 - t.rtol).all())
+    worst = float(ratio.min()) if finite else float("nan")
+    return result(
+        claim_id,
+        method,
+        passed=ok,
+        measured=worst,
+        expected=1.0,
+        abs_err=abs(1 - worst) if finite else float("inf"),
+        rel_err=abs(1 - worst) if finite else float("inf"),
+        atol=t.atol,
+        rtol=t.rtol,
+        detail=f"{detail}: min(measured margin / independent margin) over {ratio.numel()} cases must be "
+        f"≥ {1 - t.rtol:g} (smallest independent margin {float(predicted.min()):.3g}) [tolerance 'strict-margin-fraction']",
+        seed=seed,
+    )
+
+
+def slope_result(
+    claim_id: str, method: str, x: Sequence[float], y: Sequence[float], expected: float, detail: str, seed: int,
+    tol_name: str = "rate-slope",
+) -> CheckResult:
+    """Least-squares slope of y on x compared with ``expected`` within the named slack."""
+    t = tol(tol_name)
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    finite = bool(np.all(np.isfinite(xs)) and np.all(np.isfinite(ys)))
+    slope = float(np.polyfit(xs, ys, 1)[0]) if finite else float("nan")
+    err = abs(slope - expected) if finite else float("inf")
+    return result(
+        claim_id,
+        method,
+        passed=finite and err <= t.atol,
+        measured=slope,
+        expected=expected,
+        abs_err=err,
+        rel_err=err / abs(expected) if expected else None,
+        atol=t.atol,
+        rtol=t.rtol,
+        detail=f"{detail}: fitted slope over {len(xs)} points, slack ±{t.atol:g} [tolerance {tol_name!r}]",
+        seed=seed,
+    )
+
+
+def fmt(t: Any, digits: int = 6) -> str:
+    """Short text of a tensor/number for a ``detail`` (counterexamples are recorded in full)."""
+    if isinstance(t, Tensor):
+        return np.array2string(t.detach().cpu().numpy(), precision=digits, separator=", ", max_line_width=10_000)
+    if isinstance(t, float):
+        return f"{t:.{digits + 4}g}"
+    return str(t)
+
+
+def _rationals(gen: torch.Generator, n: int, lo: int = -9, hi: int = 9, den: int = 7) -> list:
+    """n exact rationals p/q (p ∈ [lo, hi], q ∈ [1, den]) drawn from ``gen``."""
+    import sympy as sp
+
+    p = torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
+    q = torch.randint(1, den + 1, (n,), generator=gen).tolist()
+    return [sp.Rational(a, b) for a, b in zip(p, q)]
+
+
+# ---------------------------------------------------------------- small real networks
+
+
+ACTS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "softplus": torch.nn.functional.softplus,
+    "elu": torch.nn.functional.elu,
+    "relu": torch.relu,
+    "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.1),
+}
+
+
+class MLP:
+    """g(z) = W₂ act(W₁ z + b₁) + b₂ (optionally followed by a sigmoid), float64, explicit seeded weights.
+
+    Works on ``[d]`` → ``[D]`` and ``[B, d]`` → ``[B, D]`` and inside torch.func transforms.
+    Piecewise-linear for act ∈ {relu, leaky_relu} without the sigmoid.
+    """
+
+    def __init__(self, gen: torch.Generator, d: int, D: int, hidden: int = 16, act: str = "tanh", sigmoid: bool = False,
+                 scale: float = 1.0) -> None:
+        self.act_name, self.act, self.sigmoid = act, ACTS[act], sigmoid
+        self.W1 = normal(gen, hidden, d) * (scale / math.sqrt(d))
+        self.b1 = normal(gen, hidden) * 0.3
+        self.W2 = normal(gen, D, hidden) * (scale / math.sqrt(hidden))
+        self.b2 = normal(gen, D) * 0.3
+        self.d, self.D = d, D
+
+    def pre(self, z: Tensor) -> Tensor:
+        return z @ self.W1.T + self.b1
+
+    def __call__(self, z: Tensor) -> Tensor:
+        out = self.act(self.pre(z)) @ self.W2.T + self.b2
+        return torch.sigmoid(out) if self.sigmoid else out
+
+    def __repr__(self) -> str:
+        return f"MLP(d={self.d}, D={self.D}, hidden={self.W1.shape[0]}, act={self.act_name}, sigmoid={self.sigmoid})"
+
+
+# ---------------------------------------------------------------- objectives of Sec. 5, written out
+
+
+def eq8_cov_terms(H: Tensor, Sigma: Tensor, beta: float) -> Tensor:
+    """The Σ-dependent part of Eq. 8 plus its constant: ½ tr(HΣ) − β/2 (tr Σ − log|Σ| − d)."""
+    d = Sigma.shape[-1]
+    tr_hs = (H * Sigma.transpose(-1, -2)).sum((-2, -1))
+    tr_s = torch.diagonal(Sigma, dim1=-2, dim2=-1).sum(-1)
+    logdet = torch.linalg.slogdet(Sigma)[1]
+    return 0.5 * tr_hs - 0.5 * beta * (tr_s - logdet - d)
+
+
+def tril_to_cov(theta: Tensor, d: int) -> Tensor:
+    """Σ = LLᵀ from unconstrained parameters ``[d(d+1)/2]`` (lower triangle, log of the diagonal)."""
+    idx = torch.tril_indices(d, d)
+    L = torch.zeros(d, d, dtype=theta.dtype).index_put((idx[0], idx[1]), theta)
+    L = torch.tril(L, -1) + torch.diag(torch.exp(torch.diagonal(L)))
+    return L @ L.T
+
+
+def maximise_over_cov(fn: Callable[[Tensor], Tensor], d: int, *, iters: int = 200) -> tuple[Tensor, float]:
+    """argmax and max over SPD Σ of a scalar ``fn(Σ)``, by LBFGS (strong Wolfe) over Σ = LLᵀ, float64.
+
+    Independent of any closed form: starts at Σ = I and only evaluates ``fn``.
+    """
+    n = d * (d + 1) // 2
+    theta = torch.zeros(n, dtype=DTYPE, requires_grad=True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iters, tolerance_grad=1e-13, tolerance_change=1e-16,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -fn(tril_to_cov(theta, d))
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    with torch.no_grad():
+        S = tril_to_cov(theta, d)
+        return S, float(fn(S))
+
+
+# ---------------------------------------------------------------- quadrature and fits
+
+
+def gauss_hermite_expectation(f: Callable[[Tensor], Tensor], mean: Tensor, cov: Tensor, n: int) -> Tensor:
+    """E_{z~N(mean, cov)} f(z) by the tensor-product Gauss–Hermite rule with ``n`` nodes per dimension.
+
+    Exact for polynomials of degree ≤ 2n − 1 in each coordinate. ``f`` maps ``[N, d]`` → ``[N]``.
+    """
+    d = mean.shape[-1]
+    x, w = np.polynomial.hermite_e.hermegauss(n)  # weight exp(−x²/2), Σw = √(2π)
+    w = w / math.sqrt(2 * math.pi)
+    grids = np.meshgrid(*([x] * d), indexing="ij")
+    nodes = torch.as_tensor(np.stack([g.reshape(-1) for g in grids], -1), dtype=DTYPE)  # [n^d, d]
+    wts = torch.as_tensor(np.prod(np.stack(np.meshgrid(*([w] * d), indexing="ij"), -1).reshape(-1, d), -1), dtype=DTYPE)
+    L = torch.linalg.cholesky(cov)
+    z = mean + nodes @ L.T
+    return (wts * f(z)).sum()
+
+
+def sym_matrix_to_torch(M) -> Tensor:
+    """A sympy Matrix of numbers → float64 tensor (evaluated with 30 digits, then rounded once)."""
+    return torch.tensor([[float(M[i, j].evalf(30)) for j in range(M.shape[1])] for i in range(M.shape[0])], dtype=DTYPE)
