@@ -67,6 +67,9 @@ class CheckResult:
     ``rel_err`` are the worst errors over everything compared; ``atol``/``rtol``
     the tolerance it was held to (from :mod:`gracheck.claims.tolerances`).
     ``detail`` says what was compared and, for an erratum, the counterexample.
+    ``sense`` is "within" when the check passes if the error stays within the
+    tolerance, and "exceeds" when it passes if a discrepancy *exceeds* the
+    threshold (a refutation of a printed statement, or a negative control).
     """
 
     claim_id: str
@@ -82,6 +85,7 @@ class CheckResult:
     seed: int
     seconds: float
     source: str = ""
+    sense: str = "within"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _num(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -101,7 +105,8 @@ class CheckResult:
         err_s = ", ".join(err) if err else "no error measure"
         return (
             f"claim {self.claim_id} ({self.source}) failed by method {self.method!r}: "
-            f"worst {err_s} (up to {tol_s} allowed); measured={_short(self.measured)}, "
+            f"worst {err_s} ({'must exceed' if self.sense == 'exceeds' else 'up to'} {tol_s}"
+            f"{'' if self.sense == 'exceeds' else ' allowed'}); measured={_short(self.measured)}, "
             f"expected={_short(self.expected)}; seed={self.seed}. {self.detail}"
         )
 
@@ -276,8 +281,11 @@ def result(
     detail: str = "",
     seed: int = 0,
     seconds: float = 0.0,
+    sense: str = "within",
 ) -> CheckResult:
     """Build a :class:`CheckResult` (keyword-only helper used by every check)."""
+    if sense not in ("within", "exceeds"):
+        raise ValueError(f"sense: expected 'within' or 'exceeds', got {sense!r}")
     return CheckResult(
         claim_id=claim_id,
         method=method,
@@ -291,6 +299,7 @@ def result(
         detail=detail,
         seed=seed,
         seconds=seconds,
+        sense=sense,
     )
 
 

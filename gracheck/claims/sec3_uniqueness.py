@@ -324,7 +324,7 @@ def mc_refutes(cid: str, method: str, samples: Tensor, printed: float, detail: s
         detail=f"REFUTATION (passes when the discrepancy EXCEEDS atol): {detail}; Monte Carlo mean {mean:.6g} ± "
         f"{se:.3g} (s.e., N={samples.numel()}) vs the printed value {printed:.6g}: z = {err / se:.1f} "
         f"[tolerance 'sec3-refute-se': refuted iff |z| > {k:g}]",
-        seed=seed,
+        seed=seed, sense="exceeds",
     )
 
 
@@ -343,7 +343,7 @@ def refutes(cid: str, method: str, measured: Any, printed: Any, detail: str, see
         cid, method, passed=bool(np.all(np.isfinite(m)) and diff[i] > t.atol), measured=float(m[i]), expected=float(e[i]),
         abs_err=float(diff[i]), rel_err=float(diff[i] / max(abs(e[i]), 1e-300)), atol=t.atol, rtol=0.0,
         detail=f"REFUTATION (passes when the discrepancy EXCEEDS atol): {detail} [tolerance 'sec3-refute-floor']",
-        seed=seed,
+        seed=seed, sense="exceeds",
     )
 
 
@@ -353,7 +353,7 @@ def _min_above_floor(cid: str, meth: str, v: Tensor, detail: str, seed: int) -> 
     mn = float(v.min())
     return result(cid, meth, passed=mn > t.atol, measured=mn, expected=f"> {t.atol:g}", abs_err=mn, atol=t.atol, rtol=0.0,
                   detail=f"{detail} (smallest of {v.numel()} shown; passes when it EXCEEDS atol) [tolerance 'sec3-refute-floor']",
-                  seed=seed)
+                  seed=seed, sense="exceeds")
 
 
 # ====================================================================== Eq. 1

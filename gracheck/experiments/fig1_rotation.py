@@ -687,7 +687,7 @@ def check(res: ExperimentResult) -> list[CheckResult]:
                 detail=(f"[{base}, full Σ, {res.scale}] median |angle| of the {fu['near_optimal_runs']} near-optimal runs "
                         f"(top {cfg.near_opt_fraction:.0%} of {fu['runs']} by ELBO, best {fu['best_elbo']:.4f} nats/point{' vs own optimum' if s.get('reference_elbo') is not None else ''}): "
                         f"{fu['median_abs_angle']:.2f}° ({lvl} CI {lo:.2f}–{hi:.2f}°); passes iff the lower end > {cfg.theta_large_deg}°."),
-                seed=seed,
+                seed=seed, sense="exceeds",
             ))
     if not out:
         raise RuntimeError("check: the result holds no runs")

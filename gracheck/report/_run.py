@@ -168,6 +168,8 @@ def worst_error(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """
     best: dict[str, Any] | None = None
     for r in results:
+        if r.get("sense", "within") != "within":
+            continue  # refutations and negative controls pass by exceeding a threshold: not an "error"
         abs_err, rel_err = _as_float(r.get("abs_err")), _as_float(r.get("rel_err"))
         atol, rtol = _as_float(r.get("atol")), _as_float(r.get("rtol"))
         exp = _as_float(r.get("expected"))
