@@ -417,7 +417,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
             *st["full_residual_control"], level=lvl, n=n, unit="",
             note=f"as above for the {config.control_posterior}-covariance control (Eq. 11 as printed)",
         )
-    figures = [str(p) for p in draw_figures(data, stats, config, out_dir)]
+    figures = [str(p) for p in draw_figures(data, stats, config, out_dir, seed=seed)]
     arch = (f"MLP {config.hidden} {config.activation}" if config.arch == "mlp" else f"App. D conv net, width {config.width:g}")
     notes = [
         f"{arch}, {config.steps} Adam steps (lr {config.lr:g}, batch {config.batch_size}), seed {seed}, MNIST train split; "
@@ -491,7 +491,8 @@ def _outline_blocks(ax, d: int, b: int) -> None:
         s += size
 
 
-def draw_figures(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Config, out_dir: Path) -> list[Path]:
+def draw_figures(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Config, out_dir: Path, *,
+                 seed: int = 0) -> list[Path]:
     """Heat-map pairs per (b, d) (Fig. 2/7 style) and one summary figure of both statistics."""
     import matplotlib
 
@@ -516,7 +517,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Co
                 ax.set_yticks(range(d))
                 ax.tick_params(labelsize=6)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
-        fig.suptitle(f"MNIST β-VAE, d = {d}, b = {b}: Σ⁻¹ and JᵀJ at held-out points, normalised to unit diagonal "
+        fig.suptitle(f"[{_scale_of(cfg)} scale, seed {seed}] MNIST β-VAE, d = {d}, b = {b}: Σ⁻¹ and JᵀJ at held-out points, normalised to unit diagonal "
                      f"(D^-1/2·M·D^-1/2); black squares = the posterior's blocks", fontsize=10)
         fig.tight_layout()
         p = out_dir / f"fig2_heatmaps_b{b}_d{d}.png"
@@ -564,7 +565,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Co
     axes[2].legend(fontsize=7, markerscale=3)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Fig. 2/7 quantified: MNIST β-VAE, {cfg.steps} steps, {cfg.n_test} held-out points", fontsize=10)
+    fig.suptitle(f"Fig. 2/7 quantified [{_scale_of(cfg)} scale, seed {seed}]: MNIST β-VAE, {cfg.steps} steps, {cfg.n_test} held-out points", fontsize=10)
     fig.tight_layout()
     p = out_dir / "fig2_summary.png"
     fig.savefig(p, dpi=110)
