@@ -1,0 +1,519 @@
+"""Fig. 3 / App. F: the β-VAE objective, its Taylor approximation and GRAE on held-out MNIST.
+
+Claim ``fig3-objectives-agree``. MNIST β-VAEs (Gaussian prior, unit-variance Gaussian
+observations, amortised Gaussian posterior q = N(h(x), Σ) with block size b: mean-field for
+b = 1, block-diagonal for b ≥ 2) are trained on the β-VAE objective with one reparameterised
+sample (Eq. 2, as in the paper) for a grid of β. On held-out test images we evaluate, per
+example, in float64, in nats, maximisation form, every log-density constant included:
+
+* ``beta_vae_1``: Eq. 2 with one posterior sample (the paper's estimator; unbiased, noisy);
+* ``beta_vae_mc``: Eq. 2 with ``n_mc`` samples (the reference value of Eq. 2);
+* ``taylor``: Eq. 7, log p(x|g(h)) + ½ tr(JᵀH_pJ Σ) − β KL(q ‖ N(0, I)) with the encoder's Σ
+  (:func:`gracheck.objectives.taylor_objective`);
+* ``grae``: Eq. 13 (maximisation form), log p(x|g(h)) − β/2 ‖h‖² − β/2 log|I + JᵀJ/β|
+  (:func:`gracheck.objectives.grae_objective`), which ignores the encoder's Σ.
+
+Decision rules (fixed before any result was seen; numbers are Config fields)
+---------------------------------------------------------------------------
+1. *The GRAE − Taylor gap is the corrected analytic gap of Sec. 7.* For every test point of
+   every model, the difference of the two separately computed objectives, ``grae − taylor``,
+   must equal ``taylor_gap(J, Σ, β)`` = β/2 [tr(AΣ) − log|AΣ| − d], A = I + JᵀJ/β
+   (:func:`gracheck.objectives.taylor_gap`: eigenvalues of L_AᵀΣL_A, a different computation
+   from the two objectives' log-densities, traces, KL and Cholesky log-determinant).
+   **Passes iff |measured − analytic| ≤ ``gap_atol`` + ``gap_rtol``·|analytic| at every point**,
+   atol = 1e-8 nats, rtol = 1e-8. Why: both objectives are ~10³ nats (the Gaussian constant
+   alone is −(784/2) log 2π ≈ −720), so float64 rounding of their difference is ~10⁻¹¹ nats;
+   any real discrepancy (a missing term, the formula as printed in Sec. 7, float32) is
+   ≥ 10⁻⁴ nats. The as-printed expression β/2[tr(I + JᵀJΣ/β) − log|I + JᵀJΣ/β| − d] is
+   reported beside it (erratum ``erratum-sec7-gap-as-printed``; no decision here).
+2. *The gaps grow with β.* For each b and each of the three pairwise gaps
+   ``grae − taylor``, ``taylor − beta_vae_mc`` and ``grae − beta_vae_mc``, take the mean over
+   test points at each β, m(β), and fit the least-squares slope s of |m(β)| against β over
+   the β grid (nats per example per unit β). Paired percentile bootstrap over test points
+   (``bootstrap`` = 1000 resamples, the same test indices at every β, seeded by (seed, b, gap)).
+   **Passes iff the CI's lower end (``ci_level`` = 95 %) is > 0.** A straight-line slope
+   with its CI is the slack: the rule asks for an increasing trend, not a monotone sequence
+   or a particular functional form. |m| rather than m because the paper's claim is about the
+   size of the gap and the sign of taylor − β-VAE is not fixed by theory; the mean over
+   points comes before the absolute value so that Monte Carlo noise of ``beta_vae_mc``
+   (which averages out) cannot create a trend.
+
+Reported besides (no decision): each objective's mean with a bootstrap CI per (b, β); the
+single-sample minus many-sample mean (zero in expectation); the ratio of the slopes of
+grae − taylor and |taylor − beta_vae_mc| (the paper: the former "increases more rapidly");
+"stay close" has no decision here because the paper gives no scale for it.
+
+The claim is confirmed at a scale when every check passes; otherwise it is refuted there,
+with the numbers. Thresholds are not retuned after seeing results.
+
+Scales: smoke = d = 12, b ∈ {1, 2}, β ∈ {0.1, 0.3, 0.6, 1.0}, a one-hidden-layer ELU MLP
+(128 units, sigmoid output) instead of the conv net, 800 Adam steps, 400 test points, 64
+posterior samples for the many-sample estimate, CPU, one thread. Paper = the App. D conv net at
+full width, d = 12, b ∈ {1, 2, 3}, β ∈ {0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0} (the text does not
+list Fig. 3's grid; this one spans the range of Fig. 2/7 and smaller β), 20k steps, 5000 test
+points (GPU). Models come from the shared cache :func:`gracheck.experiments._zoo.trained`;
+:mod:`gracheck.experiments.eq6_residual` reuses the same ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gracheck.claims._registry import CheckResult, result
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+
+CLAIM_ID = "fig3-objectives-agree"
+SOURCE = "Fig. 3; App. F; Eq. 2, 7, 13; Sec. 7 gap (corrected)"
+OBJECTIVES = ("beta_vae_1", "beta_vae_mc", "taylor", "grae")
+GAPS = (("grae", "taylor"), ("taylor", "beta_vae_mc"), ("grae", "beta_vae_mc"))
+_LABELS = {"beta_vae_1": "β-VAE, 1 sample (paper)", "beta_vae_mc": "β-VAE, many samples", "taylor": "Taylor (Eq. 7)",
+           "grae": "GRAE (Eq. 13)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of the experiment (saved with the result)."""
+
+    blocks: tuple[int, ...]
+    betas: tuple[float, ...]
+    steps: int
+    latent_dim: int = 12
+    arch: str = "conv"
+    width: float = 1.0
+    hidden: tuple[int, ...] = (128,)
+    activation: str = "elu"
+    batch_size: int = 64
+    lr: float = 1e-3
+    train_eval_size: int = 500
+    num_threads: int | None = 1
+    n_test: int = 5000
+    n_mc: int = 64
+    eval_batch: int = 200
+    gap_atol: float = 1e-8
+    gap_rtol: float = 1e-8
+    bootstrap: int = 1000
+    ci_level: float = 0.95
+
+
+CONFIGS: dict[str, Config] = {
+    # CPU: 8 models (b ∈ {1, 2} × 4 β) of a 784-128-12 ELU MLP, 800 Adam steps each (batch 64, ~0.85 epoch),
+    # 400 test points, 64 samples for the many-sample β-VAE value. One thread: robust on a shared 2-core box.
+    "smoke": Config(
+        blocks=(1, 2), betas=(0.1, 0.3, 0.6, 1.0), steps=800, arch="mlp", hidden=(128,), n_test=400, n_mc=64,
+        num_threads=1,
+    ),
+    # The paper's settings (Sec. 7, App. D/F): conv net at full width, d = 12, b ∈ {1, 2, 3}, 20k steps,
+    # 5000 held-out points. For a GPU.
+    "paper": Config(
+        blocks=(1, 2, 3), betas=(0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0), steps=20_000, arch="conv", width=1.0,
+        n_test=5000, n_mc=64, eval_batch=250, num_threads=None, train_eval_size=1000,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models (shared with eq6_residual)
+# ----------------------------------------------------------------------------------------------
+def train_config(
+    *, latent_dim: int, beta: float, block: int, steps: int, arch: str, width: float, hidden: tuple[int, ...],
+    activation: str, batch_size: int, lr: float, eval_size: int, num_threads: int | None, seed: int, device: str,
+):
+    """The :class:`~gracheck.train.TrainConfig` of one β-VAE (Gaussian obs, unit variance, sigmoid output).
+
+    b = 1 is the mean-field posterior, b ≥ 2 the block-diagonal one with block size b.
+    """
+    from gracheck.train import TrainConfig
+
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block: expected a positive int, got {block!r}")
+    return TrainConfig(
+        dataset="mnist", model="beta-vae", posterior="mean-field" if block == 1 else "block-diagonal",
+        block=None if block == 1 else block, latent_dim=latent_dim, beta=float(beta), steps=steps,
+        batch_size=batch_size, lr=lr, seed=seed, device=device, obs="gaussian", obs_variance=1.0, arch=arch,
+        width=width, hidden=hidden, activation=activation, eval_every=0, eval_size=eval_size,
+        checkpoint_every=0 if steps <= 5000 else 5000, num_threads=num_threads,
+    )
+
+
+def model_config(cfg: Config, *, beta: float, block: int, seed: int, device: str):
+    """The TrainConfig of the (b, β) model of ``cfg``."""
+    return train_config(
+        latent_dim=cfg.latent_dim, beta=beta, block=block, steps=cfg.steps, arch=cfg.arch, width=cfg.width,
+        hidden=cfg.hidden, activation=cfg.activation, batch_size=cfg.batch_size, lr=cfg.lr,
+        eval_size=cfg.train_eval_size, num_threads=cfg.num_threads, seed=seed, device=device,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The four objectives and the gaps (float64)
+# ----------------------------------------------------------------------------------------------
+def printed_gap(J: Tensor, Sigma: Tensor, beta: float) -> Tensor:
+    """The Sec. 7 / App. F gap *as printed*: β/2 [tr(I + JᵀJΣ/β) − log|I + JᵀJΣ/β| − d], ``[...]``.
+
+    Not the GRAE − Taylor gap (erratum ``erratum-sec7-gap-as-printed``); reported for contrast.
+    """
+    d = Sigma.shape[-1]
+    P = torch.eye(d, dtype=Sigma.dtype, device=Sigma.device) + (J.transpose(-1, -2) @ J) @ Sigma / beta
+    return 0.5 * beta * (torch.diagonal(P, dim1=-2, dim2=-1).sum(-1) - torch.linalg.slogdet(P)[1] - d)
+
+
+def evaluate_objectives(
+    model, x: Tensor, beta: float, *, n_mc: int, generator_1: torch.Generator, generator_mc: torch.Generator,
+    device: str = "cpu", eval_batch: int = 200,
+) -> dict[str, Tensor]:
+    """Per test point (float64, CPU tensors ``[N]``): the four objectives and the gaps of rule 1.
+
+    ``model``: a β-VAE (encoder → (mean, scale_tril), decoder), evaluated as a float64 copy in
+    eval mode. ``generator_1``/``generator_mc`` draw the posterior samples of the one-sample and
+    ``n_mc``-sample β-VAE values (CPU generators; samples are moved to ``device``).
+    """
+    from gracheck.autodiff import decoder_jacobian
+    from gracheck.likelihoods import GaussianObs
+    from gracheck.objectives import grae_objective, taylor_gap, taylor_objective
+
+    if isinstance(n_mc, bool) or not isinstance(n_mc, int) or n_mc < 1:
+        raise ValueError(f"n_mc: expected a positive int, got {n_mc!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
+    m = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+    obs = GaussianObs(1.0)
+    out: dict[str, list[Tensor]] = {k: [] for k in (*OBJECTIVES, "gap_measured", "gap_analytic", "gap_printed")}
+    with torch.no_grad():
+        for s in range(0, len(x), eval_batch):
+            xb = x[s : s + eval_batch].to(device=device, dtype=torch.float64)
+            mean, L = m.encoder(xb)
+            if L is None:
+                raise ValueError("model: the encoder returns no posterior covariance (not a β-VAE)")
+            Sigma = L @ L.transpose(-1, -2)
+            Sigma = 0.5 * (Sigma + Sigma.transpose(-1, -2))
+            b1 = _mc_objective(xb, m.decoder, mean, L, beta, obs, 1, generator_1)
+            bm = _mc_objective(xb, m.decoder, mean, L, beta, obs, n_mc, generator_mc)
+            t = taylor_objective(xb, m.decoder, mean, Sigma, beta, obs)
+            g = grae_objective(xb, m.decoder, mean, beta, obs)
+            J = decoder_jacobian(m.decoder, mean)
+            vals = {"beta_vae_1": b1, "beta_vae_mc": bm, "taylor": t, "grae": g, "gap_measured": g - t,
+                    "gap_analytic": taylor_gap(J, Sigma, beta), "gap_printed": printed_gap(J, Sigma, beta)}
+            for k, v in vals.items():
+                out[k].append(v.detach().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _mc_objective(x, decoder, mean, L, beta, obs, n, gen: torch.Generator) -> Tensor:
+    """Eq. 2 with ``n`` samples. Noise is drawn on the CPU generator, then used on the model's device."""
+    from gracheck.objectives import beta_vae_objective
+
+    if mean.device.type == "cpu":
+        return beta_vae_objective(x, decoder, mean, L, beta, obs, n_samples=n, generator=gen)
+    # the library samples with a generator on the tensors' device: give it a device generator seeded from ours
+    dg = torch.Generator(device=mean.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    return beta_vae_objective(x, decoder, mean, L, beta, obs, n_samples=n, generator=dg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+def ols_slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of y on x along the first axis: x ``[K]``, y ``[K, ...]`` → ``[...]``."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 2 or y.shape[0] != len(x):
+        raise ValueError(f"x, y: need x of shape [K ≥ 2] and y of shape [K, ...], got {x.shape} and {y.shape}")
+    xc = x - x.mean()
+    if not np.any(xc != 0):
+        raise ValueError("x: all values are equal, the slope is undefined")
+    yc = y - y.mean(0)
+    return np.tensordot(xc, yc, axes=(0, 0)) / (xc @ xc)
+
+
+def slope_of_abs_mean(
+    betas: np.ndarray, Y: np.ndarray, *, B: int, level: float, rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """Rule 2: (slope, low, high) of |mean over points of Y[k]| against betas[k], Y ``[K, n]``.
+
+    Paired percentile bootstrap: one resample of the n test points is used for every β.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[0] != len(betas) or Y.shape[1] < 2:
+        raise ValueError(f"Y: expected shape [{len(betas)}, n ≥ 2], got {Y.shape}")
+    n = Y.shape[1]
+    est = float(ols_slope(betas, np.abs(Y.mean(1))))
+    vals = np.empty(B)
+    for i in range(B):  # loop keeps memory at K·n per resample
+        idx = rng.integers(0, n, n)
+        vals[i] = ols_slope(betas, np.abs(Y[:, idx].mean(1)))
+    a = (1 - level) / 2
+    return est, float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+def bootstrap_mean_ci(x: np.ndarray, *, B: int, level: float, rng: np.random.Generator) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap over the points of a 1-D array."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"x: expected a non-empty 1-D array, got shape {x.shape}")
+    idx = rng.integers(0, len(x), (B, len(x)))
+    vals = x[idx].mean(1)
+    a = (1 - level) / 2
+    return float(x.mean()), float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+def gap_worst(measured: np.ndarray, analytic: np.ndarray, atol: float, rtol: float) -> dict[str, float]:
+    """Rule 1 on arrays: worst |m − a|, worst excess over atol + rtol|a| (≤ 0 passes), worst relative error."""
+    m = np.asarray(measured, dtype=np.float64)
+    a = np.asarray(analytic, dtype=np.float64)
+    if m.shape != a.shape:
+        raise ValueError(f"measured, analytic: shapes differ, {m.shape} vs {a.shape}")
+    diff = np.abs(m - a)
+    ok = bool(np.all(np.isfinite(diff)) and np.all(diff <= atol + rtol * np.abs(a)))
+    return {"max_abs": float(np.max(diff)), "max_rel": float(np.max(diff / np.maximum(np.abs(a), 1e-300))),
+            "passed": ok}
+
+
+def _key(b: int, beta: float) -> str:
+    return f"b={b},beta={beta:g}"
+
+
+def statistics(data: dict[str, Any], cfg: Config, seed: int) -> dict[str, Any]:
+    """Everything the checks and metrics need, recomputed from the per-point arrays in ``data``."""
+    lvl, B = cfg.ci_level, cfg.bootstrap
+    per_model, slopes = {}, {}
+    for mi, s in enumerate(data["models"]):
+        rng = np.random.default_rng([seed, mi, 3])
+        arr = {k: np.asarray(s[k], dtype=np.float64) for k in (*OBJECTIVES, "gap_measured", "gap_analytic", "gap_printed")}
+        st = {k: bootstrap_mean_ci(arr[k], B=B, level=lvl, rng=rng) for k in OBJECTIVES}
+        for hi, lo in GAPS:
+            st[f"{hi}-{lo}"] = bootstrap_mean_ci(arr[hi] - arr[lo], B=B, level=lvl, rng=rng)
+        st["one_minus_mc"] = bootstrap_mean_ci(arr["beta_vae_1"] - arr["beta_vae_mc"], B=B, level=lvl, rng=rng)
+        st["identity"] = gap_worst(arr["gap_measured"], arr["gap_analytic"], cfg.gap_atol, cfg.gap_rtol)
+        st["printed_minus_measured"] = bootstrap_mean_ci(arr["gap_printed"] - arr["gap_measured"], B=B, level=lvl, rng=rng)
+        st["n"] = int(len(arr["grae"]))
+        per_model[_key(s["block"], s["beta"])] = st
+    for b in sorted({s["block"] for s in data["models"]}):
+        ms = sorted((s for s in data["models"] if s["block"] == b), key=lambda s: s["beta"])
+        if len(ms) < 2:
+            continue
+        betas = np.array([s["beta"] for s in ms])
+        for gi, (hi, lo) in enumerate(GAPS):
+            Y = np.stack([np.asarray(s[hi], dtype=np.float64) - np.asarray(s[lo], dtype=np.float64) for s in ms])
+            rng = np.random.default_rng([seed, b, gi, 4])
+            slopes[f"b={b}/{hi}-{lo}"] = slope_of_abs_mean(betas, Y, B=B, level=lvl, rng=rng)
+    return {"models": per_model, "slopes": slopes}
+
+
+# ----------------------------------------------------------------------------------------------
+# run / check
+# ----------------------------------------------------------------------------------------------
+def _validate(cfg: Config) -> None:
+    if not cfg.blocks or not cfg.betas:
+        raise ValueError("blocks, betas: each needs at least one value")
+    for b in cfg.blocks:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= cfg.latent_dim:
+            raise ValueError(f"blocks: expected ints in [1, latent_dim={cfg.latent_dim}], got {b!r}")
+    for beta in cfg.betas:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+            raise ValueError(f"betas: expected finite numbers > 0, got {beta!r}")
+    if len(set(cfg.betas)) < 2:
+        raise ValueError("betas: the trend rule needs at least two distinct β")
+    if cfg.n_test < 2:
+        raise ValueError(f"n_test: expected at least 2, got {cfg.n_test}")
+    if cfg.gap_atol < 0 or cfg.gap_rtol < 0:
+        raise ValueError("gap_atol, gap_rtol: expected ≥ 0")
+
+
+def _seed_of(*keys: int) -> int:
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None = None) -> ExperimentResult:
+    """Train (or load) every (b, β) model, evaluate the four objectives on held-out points, draw the figure."""
+    from gracheck.data import mnist_images
+    from gracheck.experiments._zoo import trained
+
+    _validate(config)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prev_threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        x_test, _ = mnist_images("test", limit=config.n_test)
+        models, train_s = [], 0.0
+        for b in config.blocks:
+            for j, beta in enumerate(config.betas):
+                if progress is not None:
+                    progress(f"fig3: b={b}, β={beta:g}")
+                model, res = trained(model_config(config, beta=beta, block=b, seed=seed, device=device))
+                train_s += float(res.get("seconds", 0.0))
+                g1 = torch.Generator().manual_seed(_seed_of(seed, b, j, 1))
+                gm = torch.Generator().manual_seed(_seed_of(seed, b, j, 2))
+                ev = evaluate_objectives(model, x_test, float(beta), n_mc=config.n_mc, generator_1=g1, generator_mc=gm,
+                                         device=device, eval_batch=config.eval_batch)
+                models.append({"block": b, "beta": float(beta), "train_eval": res.get("eval_metrics", {}),
+                               **{k: v.tolist() for k, v in ev.items()}})
+    finally:
+        torch.set_num_threads(prev_threads)
+    data = {"models": models, "train_seconds": train_s}
+    stats = statistics(data, config, seed)
+    lvl = config.ci_level
+    metrics: dict[str, Metric] = {}
+    for key, st in stats["models"].items():
+        n = st["n"]
+        for k in OBJECTIVES:
+            metrics[f"{key}/{k}"] = Metric(*st[k], level=lvl, n=n, unit="nats per example",
+                                           note=f"mean over held-out points of {_LABELS[k]}; percentile bootstrap")
+        for hi, lo in GAPS:
+            metrics[f"{key}/gap_{hi}-{lo}"] = Metric(*st[f"{hi}-{lo}"], level=lvl, n=n, unit="nats per example",
+                                                     note=f"mean of {hi} − {lo}")
+        metrics[f"{key}/one_sample_minus_mc"] = Metric(*st["one_minus_mc"], level=lvl, n=n, unit="nats per example",
+                                                       note="mean of the one-sample minus the many-sample β-VAE value (0 in expectation)")
+        metrics[f"{key}/gap_identity_max_abs_err"] = Metric(
+            st["identity"]["max_abs"], n=n, unit="nats",
+            note=f"max over points |(grae − taylor) − taylor_gap|; tolerance {config.gap_atol:g} + {config.gap_rtol:g}·|gap|")
+        metrics[f"{key}/printed_gap_minus_measured"] = Metric(
+            *st["printed_minus_measured"], level=lvl, n=n, unit="nats per example",
+            note="mean of the Sec. 7 gap as printed minus the measured grae − taylor (erratum)")
+    for key, (v, lo, hi) in stats["slopes"].items():
+        metrics[f"{key}/slope_abs_mean_gap_vs_beta"] = Metric(
+            v, lo, hi, level=lvl, n=stats["models"][next(iter(stats["models"]))]["n"], unit="nats per example per unit β",
+            note="OLS slope of |mean gap| against β; paired percentile bootstrap over test points")
+    figures = [str(p) for p in draw_figures(data, stats, config, seed, out_dir)]
+    arch = (f"MLP {config.hidden} {config.activation} + sigmoid" if config.arch == "mlp"
+            else f"App. D conv net, width {config.width:g}")
+    notes = [
+        f"{arch}, d = {config.latent_dim}, {config.steps} Adam steps (lr {config.lr:g}, batch {config.batch_size}), "
+        f"seed {seed}, MNIST train split; objectives on the first {config.n_test} MNIST test images in float64 on "
+        f"{device}, eval-mode BatchNorm; many-sample β-VAE value with {config.n_mc} samples.",
+        f"Training time over all models: {train_s:.1f} s (0 when loaded from the model cache).",
+    ]
+    return ExperimentResult(
+        claim_id=CLAIM_ID, scale=_scale_of(config), config=config_dict(config), seeds=[seed], device=device,
+        metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
+    )
+
+
+def _scale_of(config: Config) -> str:
+    for k, v in CONFIGS.items():
+        if v == config:
+            return k
+    return "custom"
+
+
+def _config_from_dict(d: dict[str, Any]) -> Config:
+    return Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def check(res: ExperimentResult) -> list[CheckResult]:
+    """Apply the two decision rules of the module docstring to ``res.data``."""
+    cfg = _config_from_dict(res.config)
+    seed = res.seeds[0] if res.seeds else 0
+    stats = statistics(res.data, cfg, seed)
+    lvl = f"{cfg.ci_level:.0%}"
+    out: list[CheckResult] = []
+    for key, st in stats["models"].items():
+        idn = st["identity"]
+        pr = st["printed_minus_measured"][0]
+        out.append(result(
+            CLAIM_ID, "empirical", passed=idn["passed"],
+            measured={"max_abs_err": idn["max_abs"], "max_rel_err": idn["max_rel"], "mean_gap": st["grae-taylor"][0]},
+            expected=f"|(grae − taylor) − taylor_gap| ≤ {cfg.gap_atol:g} + {cfg.gap_rtol:g}·|taylor_gap| at every point",
+            abs_err=idn["max_abs"], rel_err=idn["max_rel"], atol=cfg.gap_atol, rtol=cfg.gap_rtol,
+            detail=(f"[{key}, {res.scale}, {st['n']} test points, seed {seed}] GRAE − Taylor computed as the difference "
+                    f"of the two objectives vs the corrected Sec. 7 gap β/2[tr(AΣ) − log|AΣ| − d]: mean gap "
+                    f"{st['grae-taylor'][0]:.4f} nats, worst |difference| {idn['max_abs']:.2e} nats (relative "
+                    f"{idn['max_rel']:.2e}). The gap as printed in the paper differs from it by {pr:+.3f} nats on "
+                    "average (erratum)."),
+            seed=seed,
+        ))
+    for key, (v, lo, hi) in stats["slopes"].items():
+        out.append(result(
+            CLAIM_ID, "empirical", passed=bool(lo > 0.0),
+            measured={"slope": v, "ci": [lo, hi]},
+            expected=f"{lvl} CI lower end of the slope of |mean gap| vs β > 0",
+            abs_err=lo, atol=0.0, sense="exceeds",
+            detail=(f"[{key}, {res.scale}, β ∈ {list(cfg.betas)}, seed {seed}] slope of |mean gap| against β: "
+                    f"{v:+.3f} nats per example per unit β ({lvl} CI {lo:+.3f} to {hi:+.3f}); passes iff the lower end > 0."),
+            seed=seed,
+        ))
+    if not out:
+        raise RuntimeError("check: the result holds no models")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure
+# ----------------------------------------------------------------------------------------------
+def draw_figures(data: dict[str, Any], stats: dict[str, Any], cfg: Config, seed: int, out_dir: Path) -> list[Path]:
+    """One summary figure: objectives vs β per b, gaps vs β with fitted slopes, measured vs analytic gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = sorted({s["block"] for s in data["models"]})
+    fig, axes = plt.subplots(len(blocks), 3, figsize=(16, 4.3 * len(blocks)), squeeze=False)
+    colors = {"beta_vae_1": "tab:gray", "beta_vae_mc": "tab:blue", "taylor": "tab:orange", "grae": "tab:green"}
+    gcolors = ["tab:red", "tab:purple", "tab:brown"]
+    for row, b in zip(axes, blocks):
+        ms = sorted((s for s in data["models"] if s["block"] == b), key=lambda s: s["beta"])
+        betas = np.array([s["beta"] for s in ms])
+        sts = [stats["models"][_key(b, s["beta"])] for s in ms]
+        for j, k in enumerate(OBJECTIVES):
+            v = np.array([st[k] for st in sts])
+            row[0].errorbar(betas * (1 + 0.015 * (j - 1.5)), v[:, 0], yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]],
+                            marker="os^D"[j], capsize=3, color=colors[k], label=_LABELS[k])
+        row[0].set_xscale("log")
+        row[0].set_xlabel("β (log scale)")
+        row[0].set_ylabel("objective (nats per example)")
+        row[0].set_title(f"b = {b}: objectives, mean over {sts[0]['n']} held-out points (95% CI)", fontsize=9)
+        row[0].legend(fontsize=7.5)
+        for j, (hi, lo) in enumerate(GAPS):
+            v = np.array([st[f"{hi}-{lo}"] for st in sts])
+            av = np.abs(v[:, 0])
+            row[1].errorbar(betas, av, yerr=[np.abs(v[:, 0] - v[:, 1]), np.abs(v[:, 2] - v[:, 0])], marker="o",
+                            capsize=3, color=gcolors[j], ls="none")
+            sl = stats["slopes"].get(f"b={b}/{hi}-{lo}")
+            if sl is not None:
+                icpt = av.mean() - sl[0] * betas.mean()
+                xx = np.linspace(betas.min(), betas.max(), 20)
+                row[1].plot(xx, icpt + sl[0] * xx, color=gcolors[j], lw=1,
+                            label=f"|{hi} − {lo}|: slope {sl[0]:.2f} [{sl[1]:.2f}, {sl[2]:.2f}]")
+        row[1].set_xlabel("β")
+        row[1].set_ylabel("|mean gap| (nats per example)")
+        row[1].set_title(f"b = {b}: gaps and OLS fits (slope, 95% CI; rule: lower end > 0)", fontsize=9)
+        row[1].legend(fontsize=7)
+        row[1].set_ylim(bottom=0)
+        for j, s in enumerate(ms):
+            a = np.asarray(s["gap_analytic"])
+            m = np.asarray(s["gap_measured"])
+            row[2].scatter(a, m, s=5, alpha=0.5, edgecolors="none", label=f"β = {s['beta']:g}")
+        allg = np.concatenate([np.asarray(s["gap_analytic"]) for s in ms])
+        pos = allg[allg > 0]
+        lo_, hi_ = (pos.min(), pos.max()) if len(pos) else (1e-6, 1.0)
+        row[2].plot([lo_, hi_], [lo_, hi_], "k--", lw=0.8, label="measured = analytic")
+        worst = max(stats["models"][_key(b, s["beta"])]["identity"]["max_abs"] for s in ms)
+        row[2].set_xscale("log")
+        row[2].set_yscale("log")
+        row[2].set_xlabel("analytic gap β/2[tr(AΣ) − log|AΣ| − d] (nats)")
+        row[2].set_ylabel("GRAE − Taylor, computed separately (nats)")
+        row[2].set_title(f"b = {b}: per-point gap; worst |difference| {worst:.1e} nats", fontsize=9)
+        row[2].legend(fontsize=7, markerscale=3)
+        for ax in row:
+            ax.grid(alpha=0.3)
+    arch = f"MLP {cfg.hidden} ELU+sigmoid" if cfg.arch == "mlp" else f"App. D conv net (width {cfg.width:g})"
+    fig.suptitle(f"Fig. 3 / App. F quantified: MNIST β-VAE, d = {cfg.latent_dim}, {arch}, {cfg.steps} steps, "
+                 f"{cfg.n_test} held-out points, {cfg.n_mc}-sample reference, seed {seed}", fontsize=10)
+    fig.tight_layout()
+    p = out_dir / "fig3_summary.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return [p]
