@@ -342,8 +342,25 @@ def _runtime(cfg: TrainConfig, device: torch.device):
 # ---------------------------------------------------------------------------------- data
 
 
+# The last data set decoded in this process: experiments train many models on the same images
+# (e.g. 20 CelebA models of one figure), and decoding the JPEGs again for each costs seconds.
+# One entry only, so a process never holds two copies of a large set; the trainer only indexes
+# these tensors (never writes into them).
+_DATA_MEMO: dict[tuple, tuple[Tensor, Tensor, dict]] = {}
+
+
 def _load_data(cfg: TrainConfig, root) -> tuple[Tensor, Tensor, dict]:
     """(train images, held-out images, description); both ``[N, C, H, W]`` float32 in [0, 1]."""
+    key = (cfg.dataset, None if root is None else str(Path(root).resolve()), cfg.train_limit, cfg.eval_size,
+           os.environ.get("GRACHECK_DATA"))
+    if key not in _DATA_MEMO:
+        _DATA_MEMO.clear()
+        _DATA_MEMO[key] = _load_data_uncached(cfg, root)
+    train_x, held, desc = _DATA_MEMO[key]
+    return train_x, held, dict(desc)
+
+
+def _load_data_uncached(cfg: TrainConfig, root) -> tuple[Tensor, Tensor, dict]:
     from gracheck import data as gdata
 
     if cfg.dataset == "mnist":

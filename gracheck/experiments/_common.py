@@ -142,7 +142,11 @@ def run_experiment(
     mod = load_module(claim_id)
     config = mod.CONFIGS[scale]
     cfg = config_dict(config)
-    entry = cache_dir() / "experiments" / f"{claim_id}-{scale}-{_key(claim_id, cfg, seed, device)}"
+    # inputs outside the config that change the result (e.g. a user's Inception weights file) are
+    # named by the module's optional ``cache_key_inputs()`` and join the key
+    extra = mod.cache_key_inputs() if hasattr(mod, "cache_key_inputs") else None
+    key_cfg = cfg if extra is None else {"config": cfg, "inputs": extra}
+    entry = cache_dir() / "experiments" / f"{claim_id}-{scale}-{_key(claim_id, key_cfg, seed, device)}"
     out = Path(out_dir) if out_dir is not None else entry / "figures"
     cached = entry / "result.json"
     if use_cache and cached.is_file():
