@@ -512,7 +512,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, Any], cfg: Config, seed:
         ax.grid(alpha=0.3)
     n = len(data["models"][0]["output"]["rho_w"]) if data["models"] else 0
     arch = f"MLP {cfg.hidden}" if cfg.arch == "mlp" else f"App. D conv net (width {cfg.width:g})"
-    fig.suptitle(f"Eq. 5/6 dropped term on trained MNIST decoders ({arch}, d = {cfg.latent_dim}, {cfg.steps} steps; "
+    fig.suptitle(f"[{_scale_of(cfg)} scale] Eq. 5/6 dropped term on trained MNIST decoders ({arch}, d = {cfg.latent_dim}, {cfg.steps} steps; "
                  f"ReLU control MLP {cfg.relu_hidden}, {cfg.relu_steps} steps), {n} held-out points, float64, seed {seed}; "
                  f"exact zeros drawn at {floor:g}", fontsize=9.5)
     fig.tight_layout()

@@ -510,7 +510,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, Any], cfg: Config, seed:
         for ax in row:
             ax.grid(alpha=0.3)
     arch = f"MLP {cfg.hidden} ELU+sigmoid" if cfg.arch == "mlp" else f"App. D conv net (width {cfg.width:g})"
-    fig.suptitle(f"Fig. 3 / App. F quantified: MNIST β-VAE, d = {cfg.latent_dim}, {arch}, {cfg.steps} steps, "
+    fig.suptitle(f"Fig. 3 / App. F quantified [{_scale_of(cfg)} scale]: MNIST β-VAE, d = {cfg.latent_dim}, {arch}, {cfg.steps} steps, "
                  f"{cfg.n_test} held-out points, {cfg.n_mc}-sample reference, seed {seed}", fontsize=10)
     fig.tight_layout()
     p = out_dir / "fig3_summary.png"
