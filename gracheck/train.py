@@ -70,6 +70,7 @@ import hashlib
 import io
 import json
 import math
+import gc
 import os
 import re
 import sys
@@ -772,7 +773,14 @@ def train(
         if cfg.batch_size % world:
             raise ValueError(f"batch_size: {cfg.batch_size} is not divisible by the {world} DDP processes")
         with _runtime(cfg, device):
-            return _train(cfg, out, resume, progress, data_root, callback, rank, world, device)
+            res = _train(cfg, out, resume, progress, data_root, callback, rank, world, device)
+        if own_pg:
+            # Free the DDP wrapper (it may sit in a reference cycle) while its process group is alive,
+            # and let every rank finish before any tears the group down: otherwise gloo's threads can
+            # abort the process at exit ("terminate called without an active exception").
+            gc.collect()
+            dist.barrier()
+        return res
     finally:
         if own_pg:
             dist.destroy_process_group()

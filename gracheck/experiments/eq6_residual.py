@@ -446,7 +446,7 @@ def check(res: ExperimentResult) -> list[CheckResult]:
     worst = stats[worst_key]["route_err_max"]
     out.append(result(
         CLAIM_ID, "empirical", passed=worst <= cfg.route_rtol,
-        measured={"max_route_disagreement": worst, "where": worst_key, "cases": len(stats)},
+        measured={"max_route_disagreement": worst, "cases": len(stats)},
         expected=f"‖R_H − R_W‖_F ≤ {cfg.route_rtol:g}·‖JᵀH_pJ‖_F at every point of every model and split",
         abs_err=worst, atol=cfg.route_rtol,
         detail=(f"[{res.scale}, {len(stats)} model×split cases, {stats[worst_key]['n']} test points each, seed {seed}] "
