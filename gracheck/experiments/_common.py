@@ -184,6 +184,19 @@ def run_experiment(
     return res
 
 
+def scale_of(configs: dict[str, Any], config: Any) -> str:
+    """The name of ``config`` in an experiment's ``CONFIGS`` ("smoke", "paper"), or "custom"."""
+    for name, c in configs.items():
+        if c == config:
+            return name
+    return "custom"
+
+
+def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)

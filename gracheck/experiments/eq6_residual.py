@@ -79,7 +79,7 @@ from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
 from gracheck.experiments import fig3_objectives as fig3
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
 
 CLAIM_ID = "eq6-residual-trained"
 SOURCE = "Eq. 5, 6, 7"
@@ -390,25 +390,16 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         f"Training time over all models: {train_s:.1f} s (0 when loaded from the model cache).",
     ]
     return ExperimentResult(
-        claim_id=CLAIM_ID, scale=_scale_of(config), config=config_dict(config), seeds=[seed], device=device,
+        claim_id=CLAIM_ID, scale=scale_of(CONFIGS, config), config=config_dict(config), seeds=[seed], device=device,
         metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
     )
 
 
-def _scale_of(config: Config) -> str:
-    for k, v in CONFIGS.items():
-        if v == config:
-            return k
-    return "custom"
-
-
-def _config_from_dict(d: dict[str, Any]) -> Config:
-    return Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the three decision rules of the module docstring to ``res.data``."""
-    cfg = _config_from_dict(res.config)
+    cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"
@@ -512,7 +503,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, Any], cfg: Config, seed:
         ax.grid(alpha=0.3)
     n = len(data["models"][0]["output"]["rho_w"]) if data["models"] else 0
     arch = f"MLP {cfg.hidden}" if cfg.arch == "mlp" else f"App. D conv net (width {cfg.width:g})"
-    fig.suptitle(f"[{_scale_of(cfg)} scale] Eq. 5/6 dropped term on trained MNIST decoders ({arch}, d = {cfg.latent_dim}, {cfg.steps} steps; "
+    fig.suptitle(f"[{scale_of(CONFIGS, cfg)} scale] Eq. 5/6 dropped term on trained MNIST decoders ({arch}, d = {cfg.latent_dim}, {cfg.steps} steps; "
                  f"ReLU control MLP {cfg.relu_hidden}, {cfg.relu_steps} steps), {n} held-out points, float64, seed {seed}; "
                  f"exact zeros drawn at {floor:g}", fontsize=9.5)
     fig.tight_layout()

@@ -88,7 +88,7 @@ from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
 from gracheck.data.synthetic import NONLINEARITIES, make_synthetic, nonlinearity_fn
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
 
 CLAIM_ID = "fig1-rotation-uniqueness"
 SOURCE = "Fig. 1, 5, 6; App. C"
@@ -625,7 +625,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
     ]
     return ExperimentResult(
         claim_id=CLAIM_ID,
-        scale=_scale_of(config),
+        scale=scale_of(CONFIGS, config),
         config=config_dict(config),
         seeds=[seed],
         device=device,
@@ -638,16 +638,10 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
     )
 
 
-def _scale_of(config: Config) -> str:
-    for k, v in CONFIGS.items():
-        if v == config:
-            return k
-    return "custom"
-
 
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to the runs in ``res.data``."""
-    cfg = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in res.config.items()})
+    cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = setting_statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"

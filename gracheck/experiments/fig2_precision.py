@@ -80,7 +80,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
 from gracheck.posteriors import block_mask, block_sizes
 
 CLAIM_ID = "fig2-precision-matches-jtj"
@@ -426,25 +426,16 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         f"Training time over all models: {train_s:.1f} s (0 when loaded from the model cache).",
     ]
     return ExperimentResult(
-        claim_id=CLAIM_ID, scale=_scale_of(config), config=config_dict(config), seeds=[seed], device=device,
+        claim_id=CLAIM_ID, scale=scale_of(CONFIGS, config), config=config_dict(config), seeds=[seed], device=device,
         metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
     )
 
 
-def _scale_of(config: Config) -> str:
-    for k, v in CONFIGS.items():
-        if v == config:
-            return k
-    return "custom"
-
-
-def _config_from_dict(d: dict[str, Any]) -> Config:
-    return Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to every (b, d, β) setting in ``res.data``."""
-    cfg = _config_from_dict(res.config)
+    cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = setting_statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"
@@ -517,7 +508,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Co
                 ax.set_yticks(range(d))
                 ax.tick_params(labelsize=6)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
-        fig.suptitle(f"[{_scale_of(cfg)} scale, seed {seed}] MNIST β-VAE, d = {d}, b = {b}: Σ⁻¹ and JᵀJ at held-out points, normalised to unit diagonal "
+        fig.suptitle(f"[{scale_of(CONFIGS, cfg)} scale, seed {seed}] MNIST β-VAE, d = {d}, b = {b}: Σ⁻¹ and JᵀJ at held-out points, normalised to unit diagonal "
                      f"(D^-1/2·M·D^-1/2); black squares = the posterior's blocks", fontsize=10)
         fig.tight_layout()
         p = out_dir / f"fig2_heatmaps_b{b}_d{d}.png"
@@ -565,7 +556,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Co
     axes[2].legend(fontsize=7, markerscale=3)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Fig. 2/7 quantified [{_scale_of(cfg)} scale, seed {seed}]: MNIST β-VAE, {cfg.steps} steps, {cfg.n_test} held-out points", fontsize=10)
+    fig.suptitle(f"Fig. 2/7 quantified [{scale_of(CONFIGS, cfg)} scale, seed {seed}]: MNIST β-VAE, {cfg.steps} steps, {cfg.n_test} held-out points", fontsize=10)
     fig.tight_layout()
     p = out_dir / "fig2_summary.png"
     fig.savefig(p, dpi=110)

@@ -70,7 +70,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
 
 CLAIM_ID = "fig3-objectives-agree"
 SOURCE = "Fig. 3; App. F; Eq. 2, 7, 13; Sec. 7 gap (corrected)"
@@ -396,25 +396,16 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         f"Training time over all models: {train_s:.1f} s (0 when loaded from the model cache).",
     ]
     return ExperimentResult(
-        claim_id=CLAIM_ID, scale=_scale_of(config), config=config_dict(config), seeds=[seed], device=device,
+        claim_id=CLAIM_ID, scale=scale_of(CONFIGS, config), config=config_dict(config), seeds=[seed], device=device,
         metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
     )
 
 
-def _scale_of(config: Config) -> str:
-    for k, v in CONFIGS.items():
-        if v == config:
-            return k
-    return "custom"
-
-
-def _config_from_dict(d: dict[str, Any]) -> Config:
-    return Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the two decision rules of the module docstring to ``res.data``."""
-    cfg = _config_from_dict(res.config)
+    cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"
@@ -510,7 +501,7 @@ def draw_figures(data: dict[str, Any], stats: dict[str, Any], cfg: Config, seed:
         for ax in row:
             ax.grid(alpha=0.3)
     arch = f"MLP {cfg.hidden} ELU+sigmoid" if cfg.arch == "mlp" else f"App. D conv net (width {cfg.width:g})"
-    fig.suptitle(f"Fig. 3 / App. F quantified [{_scale_of(cfg)} scale]: MNIST β-VAE, d = {cfg.latent_dim}, {arch}, {cfg.steps} steps, "
+    fig.suptitle(f"Fig. 3 / App. F quantified [{scale_of(CONFIGS, cfg)} scale]: MNIST β-VAE, d = {cfg.latent_dim}, {arch}, {cfg.steps} steps, "
                  f"{cfg.n_test} held-out points, {cfg.n_mc}-sample reference, seed {seed}", fontsize=10)
     fig.tight_layout()
     p = out_dir / "fig3_summary.png"

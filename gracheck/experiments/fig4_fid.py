@@ -94,7 +94,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
 
 CLAIM_ID = "fig4-fid-agree"
 SOURCE = "Fig. 4; Table 1; App. G"
@@ -391,15 +391,6 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"hf_cutoff: expected a number in (0, √2/2] cycles/pixel, got {cfg.hf_cutoff!r}")
 
 
-def _scale_of(config: Config) -> str:
-    for k, v in CONFIGS.items():
-        if v == config:
-            return k
-    return "custom"
-
-
-def _config_from_dict(d: dict[str, Any]) -> Config:
-    return Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def _fmt_ci(t) -> str:
@@ -591,7 +582,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                         None if sd is None else float(np.mean(vals)) + 1.96 * sd / math.sqrt(len(vals)), n=n, unit="",
                         note=f"Inception FID (pytorch-fid weights), mean over {len(vals)} run(s); no decision")
     grids["real"] = real[: config.grid_side ** 2].numpy()
-    figures = [str(p) for p in draw_figures(data, stats, grids, config, out_dir, scale=_scale_of(config))]
+    figures = [str(p) for p in draw_figures(data, stats, grids, config, out_dir, scale=scale_of(CONFIGS, config))]
     arch = (f"one-hidden-layer {config.activation.upper()} MLP {config.hidden} (not the App. D conv net)"
             if config.arch == "mlp" else f"App. D conv nets, width {config.width:g}")
     from gracheck.data.celeba import SUBSET_ZIP, find_celeba
@@ -600,7 +591,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     src_txt = ("the shipped subset (first 10,000 aligned CelebA images at half resolution, 64×64 after crop/resize)"
                if src.name == SUBSET_ZIP else f"{src.name}")
     notes = [
-        f"Scale {_scale_of(config)}: CelebA from {src_txt}; {arch}, d = {config.latent_dim}, "
+        f"Scale {scale_of(CONFIGS, config)}: CelebA from {src_txt}; {arch}, d = {config.latent_dim}, "
         f"{config.steps} Adam steps (lr {config.lr:g}, batch {config.batch_size}), β ∈ {list(config.betas)}, "
         f"{config.runs} run(s) per β (seeds {seeds}); {n} prior samples per model vs the last {nh} images "
         "(held out by the trainer).",
@@ -624,14 +615,14 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         notes.append("One run per β: the CIs cover sample-to-sample variation only, not run-to-run variation "
                      "(the paper averages 5 runs).")
     return ExperimentResult(
-        claim_id=CLAIM_ID, scale=_scale_of(config), config=config_dict(config), seeds=seeds, device=device,
+        claim_id=CLAIM_ID, scale=scale_of(CONFIGS, config), config=config_dict(config), seeds=seeds, device=device,
         metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
     )
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the module docstring's decision rule to the stored point values and bootstrap replicates."""
-    cfg = _config_from_dict(res.config)
+    cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = statistics(res.data, cfg)
     lvl = f"{cfg.ci_level:.0%}"

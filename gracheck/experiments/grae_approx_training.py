@@ -88,7 +88,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, now_utc
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
 
 CLAIM_ID = "grae-approx-trains-like-beta-vae"
 SOURCE = "Sec. 5.3, 7; Eq. 2, 9, 11, 13, 14"
@@ -443,7 +443,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         f"{feat_s:.1f} s this run ({'cached' if fi['cached'] else 'trained'}).",
     ]
     return ExperimentResult(
-        claim_id=CLAIM_ID, scale=_scale_of(config), config=config_dict(config), seeds=[seed], device=device,
+        claim_id=CLAIM_ID, scale=scale_of(CONFIGS, config), config=config_dict(config), seeds=[seed], device=device,
         metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
     )
 
@@ -483,20 +483,11 @@ def _metrics(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Config
     return m
 
 
-def _scale_of(config: Config) -> str:
-    for k, v in CONFIGS.items():
-        if v == config:
-            return k
-    return "custom"
-
-
-def _config_from_dict(d: dict[str, Any]) -> Config:
-    return Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to every β in ``res.data``."""
-    cfg = _config_from_dict(res.config)
+    cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = setting_statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"
@@ -612,7 +603,7 @@ def draw_figure(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Con
         ax.set_xticks([])
         ax.set_title(f"{LABELS[mk]}: decoder means g(z), z ~ N(0, I)\n(the same z for both models in each row)", fontsize=9.5)
     arch = f"MLP {list(cfg.hidden)}" if cfg.arch == "mlp" else f"conv width {cfg.width:g}"
-    fig.suptitle(f"[{_scale_of(cfg)} scale] GRAE≈ vs β-VAE on MNIST: {arch}, d = {cfg.latent_dim}, {cfg.steps} steps, seed {seed}, "
+    fig.suptitle(f"[{scale_of(CONFIGS, cfg)} scale] GRAE≈ vs β-VAE on MNIST: {arch}, d = {cfg.latent_dim}, {cfg.steps} steps, seed {seed}, "
                  f"{cfg.n_test} held-out images; c = −(D/2)·log 2π = {const:.1f} nats", fontsize=11)
     fig.tight_layout()
     p = out_dir / "grae_approx_training_summary.png"
