@@ -89,6 +89,7 @@ from gracheck import nets, objectives, posteriors
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 
 __all__ = [
+    "slim_checkpoint",
     "CheckpointError",
     "ConfigMismatchError",
     "TrainConfig",
@@ -574,6 +575,31 @@ def load_checkpoint(path_or_dir, *, map_location="cpu") -> tuple[nets.VAEModel, 
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), cfg, int(ck["step"])
 
 
+def slim_checkpoint(out_dir) -> Path:
+    """Drop the optimiser state from the newest checkpoint of a run folder and delete older checkpoints.
+
+    For finished runs kept only to be evaluated (the experiments' model cache): Adam's two moment
+    buffers are twice the size of the weights, which matters at paper scale (e.g. 100 CelebA models
+    at full width). The slimmed file is rewritten atomically and still loads with
+    :func:`load_checkpoint`; resuming a finished run stays a no-op, but extending it (more
+    ``steps``) is refused, since the optimiser state is gone. Returns the checkpoint's path.
+    """
+    out = Path(out_dir)
+    got = _load_newest(out)
+    if got is None:
+        raise FileNotFoundError(f"out_dir: no checkpoint (ckpt-*.pt) in {out}")
+    ck, path = got
+    if ck["optimizer"] is not None:
+        ck["optimizer"] = None
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+        _atomic_write_bytes(path, buf.getvalue())
+    for old in _ckpt_files(out):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
 def _save_ckpt(out: Path, step: int, payload: dict, keep: int) -> Path:
     path = out / f"ckpt-{step:08d}.pt"
     buf = io.BytesIO()
@@ -718,6 +744,9 @@ def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[d
         raise ConfigMismatchError(f"cannot resume from {ck_path}: its config differs in {sorted(diff)}: {diff}")
     if int(ck["step"]) > cfg.steps:
         raise ValueError(f"steps: {cfg.steps} is below the checkpoint's step {ck['step']} ({ck_path})")
+    if ck["optimizer"] is None and not (int(ck["step"]) == cfg.steps and (out / "result.json").exists()):
+        raise ValueError(f"steps: {ck_path} was slimmed at step {ck['step']} (slim_checkpoint dropped the optimiser "
+                         f"state), so the run cannot be continued to {cfg.steps} steps; train a new run")
     if int(ck["world_size"]) != world:
         raise ValueError(f"world_size: {ck_path} was written by {ck['world_size']} process(es), this run has {world}; "
                          "resume with the same number of processes (batches and random streams depend on it)")

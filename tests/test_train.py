@@ -369,3 +369,28 @@ def test_autocast_path_matches_float32(model, arch):
         assert float((t16[k].detach() - v).abs().max()) <= tol, k
     (-t16["objective"].mean()).backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in net.parameters())
+
+
+def test_slim_checkpoint_keeps_weights_and_refuses_extension(tmp_path):
+    """slim_checkpoint drops Adam's state and older checkpoints: the model loads bitwise equal, the
+    file shrinks, a resume of the finished run is a no-op, extending it is refused and writes nothing."""
+    from gracheck.train import slim_checkpoint
+
+    cfg = _fast(steps=6, checkpoint_every=3)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False)
+    before, _, _ = load_checkpoint(out)
+    size0 = (out / "ckpt-00000006.pt").stat().st_size
+    path = slim_checkpoint(out)
+    assert path.name == "ckpt-00000006.pt" and sorted(p.name for p in out.glob("ckpt-*.pt")) == [path.name]
+    assert path.stat().st_size < 0.6 * size0  # Adam's two moments are gone
+    after, cfg2, step = load_checkpoint(out)
+    assert step == 6 and _states_equal(before.state_dict(), after.state_dict()) == []
+    assert train(cfg, out, resume=True, progress=False).step == 6  # finished: no-op
+    saved = (out / "config.json").read_text()
+    with pytest.raises(ValueError, match="slimmed"):
+        train(_fast(steps=9, checkpoint_every=3), out, resume=True, progress=False)
+    assert (out / "config.json").read_text() == saved
+    assert slim_checkpoint(out) == path  # idempotent
+    with pytest.raises(FileNotFoundError, match="out_dir"):
+        slim_checkpoint(tmp_path / "empty")

@@ -27,13 +27,14 @@ def model_dir(config) -> Path:
 
 def trained(config, *, progress: bool = False):
     """``(model, result)``: the model trained with ``config`` (eval mode) and its TrainResult dict."""
-    from gracheck.train import load_checkpoint, train
+    from gracheck.train import load_checkpoint, slim_checkpoint, train
 
     out = model_dir(config)
     done = out / "result.json"
     if not done.is_file():
         out.mkdir(parents=True, exist_ok=True)
         train(config, out, resume=True, progress=progress)
+        slim_checkpoint(out)  # cached models are only evaluated: keep the weights, not Adam's moments
     model, cfg, step = load_checkpoint(out)
     if cfg.to_dict() != config.to_dict():
         raise RuntimeError(f"model cache {out} holds a different config; delete the folder to retrain")
