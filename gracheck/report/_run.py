@@ -338,10 +338,14 @@ def _status(kind: str, results: list[CheckResult], skipped: list[str], error: st
     if error is not None:
         return "failed", error
     if any(not r.passed for r in results):
-        bad = next(r for r in results if not r.passed)
+        bad = [r for r in results if not r.passed]
         if kind == "empirical":
-            return "refuted", bad.failure_message().replace(" failed by method ", " not confirmed by method ", 1)
-        return "failed", bad.failure_message()
+            # a reader wants the decision rule's own sentence (numbers, CI, rule), not the raw record;
+            # the full records stay under "Evidence per claim" and in results.json
+            shown = " | ".join(r.detail or r.failure_message() for r in bad[:2])
+            more = f" | … and {len(bad) - 2} more" if len(bad) > 2 else ""
+            return "refuted", f"{len(bad)} of {len(results)} decision-rule checks did not hold: {shown}{more}"
+        return "failed", bad[0].failure_message()
     if skipped:
         return "skipped", "; ".join(skipped)
     if not results:
