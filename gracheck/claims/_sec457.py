@@ -197,6 +197,11 @@ ACTS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+def _one(t: Tensor) -> Tensor:
+    """One example as a batch of one (the library's objectives take ``[B, ...]``)."""
+    return t.unsqueeze(0)
+
+
 class MLP:
     """g(z) = W₂ act(W₁ z + b₁) + b₂ (optionally followed by a sigmoid), float64, explicit seeded weights.
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from gracheck.claims import strategies as S
 from gracheck.claims._registry import claim, result
 from gracheck.claims._sec457 import (
+    _one,
     MLP,
     CandidateError,
     _rationals,
@@ -33,11 +34,6 @@ from gracheck.claims._sec457 import (
 from gracheck.claims.tolerances import tol
 
 DT = S.DTYPE
-
-
-def _twice(t: Tensor) -> Tensor:
-    """One example as a batch of two: the library's decoder_jacobian fails for B = 1 (reported)."""
-    return torch.stack([t, t])
 
 
 def _logdet_eig(M: Tensor) -> Tensor:
@@ -105,7 +101,7 @@ def _eq12_autograd(*, seed: int, candidate=None):
         for beta in (0.07, 0.9, 6.0):
             h = 0.7 * S.normal(gen, d)
             x = (S.uniform(gen, D) < 0.5).to(DT) if sig else net(h) + 0.5 * S.normal(gen, D)
-            lib.append(grae_objective(_twice(x), net, _twice(h), beta, obs)[0])
+            lib.append(grae_objective(_one(x), net, _one(h), beta, obs)[0])
             J = torch.func.jacrev(net)(h)
             lp = lambda gg, x=x, obs=obs: obs.log_prob(x[None], gg[None])[0]  # noqa: E731
             Hp = torch.func.hessian(lp)(net(h))
@@ -113,7 +109,7 @@ def _eq12_autograd(*, seed: int, candidate=None):
             ref.append(r)
             if sig and beta == 0.9:
                 _, v = maximise_over_cov(
-                    lambda M, x=x, h=h, beta=beta, net=net, obs=obs: taylor_objective(_twice(x), net, _twice(h), _twice(M), beta, obs)[0], d)
+                    lambda M, x=x, h=h, beta=beta, net=net, obs=obs: taylor_objective(_one(x), net, _one(h), _one(M), beta, obs)[0], d)
                 opt_v.append(v)
                 opt_ref.append(float(r))
     return [
@@ -174,7 +170,7 @@ def _eq13_autograd(*, seed: int, candidate=None):
         for beta in S.BETAS:
             h = S.normal(gen, d)
             x = net(h) + S.normal(gen, D)
-            lib.append(-grae_objective(_twice(x), net, _twice(h), beta, GaussianObs())[0] - D / 2 * math.log(2 * math.pi))
+            lib.append(-grae_objective(_one(x), net, _one(h), beta, GaussianObs())[0] - D / 2 * math.log(2 * math.pi))
             s = torch.linalg.svdvals(torch.func.jacrev(net)(h))
             ref.append(0.5 * (x - net(h)).pow(2).sum() + beta / 2 * h @ h + beta / 2 * torch.log1p(s**2 / beta).sum())
     return tcompare(c13.id, "autograd", torch.stack(lib), torch.stack(ref), "float64-exact",
@@ -200,11 +196,11 @@ def _eq13_closed_form(*, seed: int, candidate=None):
         dec = lambda z, W=W, b=b: z @ W.T + b  # noqa: E731
         x = S.normal(gen, D) * 2
         hstar = torch.linalg.solve(torch.eye(d, dtype=DT) + W.T @ W, W.T @ (x - b))
-        lib.append(grae_objective(_twice(x), dec, _twice(hstar), 1.0, GaussianObs())[0])
+        lib.append(grae_objective(_one(x), dec, _one(hstar), 1.0, GaussianObs())[0])
         ref.append(MultivariateNormal(b, torch.eye(D, dtype=DT) + W @ W.T).log_prob(x))
         for beta in (0.21, 3.7):
             h = S.normal(gen, d)
-            lib_b.append(grae_objective(_twice(x), dec, _twice(h), beta, GaussianObs())[0])
+            lib_b.append(grae_objective(_one(x), dec, _one(h), beta, GaussianObs())[0])
 
             def exact(M, W=W, b=b, x=x, h=h, beta=beta, d=d, D=D):
                 r = x - W @ h - b
@@ -623,7 +619,7 @@ def _sec52_autograd(*, seed: int, candidate=None):
         net = MLP(gen, d, D, hidden=12, act="tanh", scale=2.0)
         for beta in S.BETAS:
             h = S.normal(gen, d)
-            J = decoder_jacobian(net, _twice(h))[0]
+            J = decoder_jacobian(net, _one(h))[0]
             Sig = optimal_covariance(-J.T @ J, beta)
             G = beta * (torch.linalg.inv(Sig) - torch.eye(d, dtype=DT))
             for _ in range(3):

@@ -21,6 +21,7 @@ from torch import Tensor
 from gracheck.claims import strategies as S
 from gracheck.claims._registry import claim, result
 from gracheck.claims._sec457 import (
+    _one,
     MLP,
     CandidateError,
     _rationals,
@@ -35,11 +36,6 @@ from gracheck.claims._sec457 import (
 from gracheck.claims.tolerances import tol
 
 DT = S.DTYPE
-
-
-def _twice(t: Tensor) -> Tensor:
-    """One example as a batch of two: the library's decoder_jacobian fails for B = 1 (reported)."""
-    return torch.stack([t, t])
 
 
 def _kl_route(J: Tensor, Sigma: Tensor, beta: float) -> Tensor:
@@ -339,8 +335,8 @@ def _erratum_gap_autograd(*, seed: int, candidate=None):
             h = S.normal(gen, d)
             x = net(h) + 0.5 * S.normal(gen, D)
             Sig = S.spd(gen, d, low=0.05, high=1.0)
-            gap = (grae_objective(_twice(x), net, _twice(h), beta, GaussianObs())
-                   - taylor_objective(_twice(x), net, _twice(h), _twice(Sig), beta, GaussianObs()))[0]
+            gap = (grae_objective(_one(x), net, _one(h), beta, GaussianObs())
+                   - taylor_objective(_one(x), net, _one(h), _one(Sig), beta, GaussianObs()))[0]
             J = torch.func.jacrev(net)(h)
             lib.append(gap)
             cor.append(_corrected_gap(J, Sig, beta))
