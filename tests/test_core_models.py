@@ -299,6 +299,31 @@ def test_dual_tensor_convolutions_match_vmap_route_values_and_gradients(train_mo
     assert sorted(seen) == ["Conv1d", "Conv2d", "ConvTranspose2d"]
 
 
+@pytest.mark.parametrize("rows", [1, 5, 1000])
+def test_vmap_route_batch_slicing_changes_nothing(monkeypatch, rows):
+    """The vmap route runs its tangent passes on slices of the batch (about _VMAP_ROWS rows each).
+    Uneven slices, one example per slice, and one slice must all give the dual-tensor route's J,
+    the same parameter gradient, and one running-statistics update (train-mode BatchNorm)."""
+    import gracheck.autodiff as ad
+
+    monkeypatch.setattr(ad, "_VMAP_ROWS", rows)
+    torch.manual_seed(5)
+    make = lambda: nn.Sequential(nn.Linear(3, 12), nn.BatchNorm1d(12), nn.ELU(), nn.Linear(12, 6)).double().train()
+    dec_a, dec_b = make(), make()
+    dec_b.load_state_dict(dec_a.state_dict())
+    z = torch.randn(7, 3, generator=_gen(44), dtype=DT)
+    g_a, J_a = gc.decoder_jacobian(dec_a, z, return_output=True, method="forward-ad")
+    g_b, J_b = gc.decoder_jacobian(dec_b, z, return_output=True, method="vmap")
+    torch.testing.assert_close(g_b, g_a, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(J_b, J_a, rtol=1e-10, atol=1e-12)
+    ga = torch.autograd.grad(J_a.pow(2).sum() + g_a.pow(2).sum(), list(dec_a.parameters()))
+    gb = torch.autograd.grad(J_b.pow(2).sum() + g_b.pow(2).sum(), list(dec_b.parameters()))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    assert int(dec_b[1].num_batches_tracked) == 1
+    torch.testing.assert_close(dec_b[1].running_mean, dec_a[1].running_mean, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------- model-level objectives
 
 
