@@ -7,7 +7,6 @@ amortised, diagonal and full Σ, 200 points, a fixed number of steps. Never asse
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 

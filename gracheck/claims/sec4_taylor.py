@@ -509,8 +509,6 @@ def _eq9_symbolic(*, seed: int, candidate=None):
     exactly at rational (H, β), d ∈ {1, 2}; route 2: the candidate (default: the library's optimal_covariance)
     evaluated in float64 at the same points. (The condition I − H/β ≻ 0 is the erratum
     ``erratum-eq9-maximiser-condition``.)"""
-    import sympy as sp
-
     from gracheck.claims._sec457 import sym_matrix_to_torch
 
     cand = candidate or _default_eq9()

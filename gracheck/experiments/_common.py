@@ -20,6 +20,7 @@ report and ``pytest verification/`` share one smoke run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -29,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,20 @@ def run_experiment(
                 shutil.copyfile(src, dst)
         atomic_write_text(cached, json.dumps(res.to_dict(), indent=1))
     return res
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: leave the setting alone), restoring it afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def scale_of(configs: dict[str, Any], config: Any) -> str:

@@ -79,7 +79,7 @@ from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
 from gracheck.experiments import fig3_objectives as fig3
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 
 CLAIM_ID = "eq6-residual-trained"
 SOURCE = "Eq. 5, 6, 7"
@@ -348,10 +348,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         x_test, _ = mnist_images("test", limit=config.n_test)
         models, train_s = [], 0.0
         for kind, b, beta, tc in model_configs(config, seed=seed, device=device):
@@ -362,8 +359,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
             ev = evaluate_model(model, x_test, device=device, eval_batch=config.eval_batch)
             models.append({"kind": kind, "block": b, "beta": beta,
                            **{n: {k: v.tolist() for k, v in d.items()} for n, d in ev.items()}})
-    finally:
-        torch.set_num_threads(prev_threads)
     data = {"models": models, "train_seconds": train_s}
     stats = statistics(data, config, seed)
     lvl = config.ci_level

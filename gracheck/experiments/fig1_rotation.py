@@ -88,7 +88,7 @@ from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
 from gracheck.data.synthetic import NONLINEARITIES, make_synthetic, nonlinearity_fn
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 
 CLAIM_ID = "fig1-rotation-uniqueness"
 SOURCE = "Fig. 1, 5, 6; App. C"
@@ -326,7 +326,6 @@ def train_batched(
     n_list = [int(v) for v in n_sched.tolist()]
     if any(a > b for a, b in zip(n_list, n_list[1:])):
         raise ValueError("n_sched: trials must be sorted by n (ascending)")
-    T = len(n_list)
     n_points = fixed["x"].shape[1]
     local = {"mu", "Dp"} if not amortised else set()
     out = {k: v.detach().clone() for k, v in params.items()}
@@ -336,14 +335,9 @@ def train_batched(
     n_dev = n_sched.to(device=fixed["x"].device, dtype=out["A"].dtype)
     # Measured on a 2-core CPU: intra-op threads make these small kernels ~50× slower (0.43 ms vs
     # 20 ms for tanh of 128k float64), so CPU training runs single-threaded; restored on exit.
-    threads = torch.get_num_threads()
-    if fixed["x"].device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if fixed["x"].device.type == "cpu" else None):
         return _gd_loop(out, fixed, n_list, ends, n_dev, nonlinearity=nonlinearity, amortised=amortised, cfg=cfg,
                         gh=gh, progress=progress, local=local, n_points=n_points)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _gd_loop(out, fixed, n_list, ends, n_dev, *, nonlinearity, amortised, cfg, gh, progress, local, n_points):

@@ -80,7 +80,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 from gracheck.posteriors import block_mask, block_sizes
 
 CLAIM_ID = "fig2-precision-matches-jtj"
@@ -339,10 +339,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         x_test, labels = mnist_images("test", limit=config.n_test)
         settings, examples, models = [], [], {}
         train_s = 0.0
@@ -387,8 +384,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                             "precision_block": P[i].tolist(), "jtj_block": M[i].tolist(),
                             "precision_control": ctrl["precision"][i].tolist(), "jtj_control": ctrl["jtj"][i].tolist(),
                         })
-    finally:
-        torch.set_num_threads(prev_threads)
     data = {"settings": settings, "examples": examples, "model_eval": models, "train_seconds": train_s}
     stats = setting_statistics(data, config, seed)
     metrics: dict[str, Metric] = {}

@@ -70,7 +70,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 
 CLAIM_ID = "fig3-objectives-agree"
 SOURCE = "Fig. 3; App. F; Eq. 2, 7, 13; Sec. 7 gap (corrected)"
@@ -342,10 +342,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         x_test, _ = mnist_images("test", limit=config.n_test)
         models, train_s = [], 0.0
         for b in config.blocks:
@@ -360,8 +357,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                                          device=device, eval_batch=config.eval_batch)
                 models.append({"block": b, "beta": float(beta), "train_eval": res.get("eval_metrics", {}),
                                **{k: v.tolist() for k, v in ev.items()}})
-    finally:
-        torch.set_num_threads(prev_threads)
     data = {"models": models, "train_seconds": train_s}
     stats = statistics(data, config, seed)
     lvl = config.ci_level

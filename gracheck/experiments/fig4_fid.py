@@ -94,7 +94,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 
 CLAIM_ID = "fig4-fid-agree"
 SOURCE = "Fig. 4; Table 1; App. G"
@@ -413,10 +413,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda s: None)
-    prev_threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         say("fig4: domain feature net (CelebA rotation predictor)")
         fnet, finfo = fid.train_domain_features(
             "celeba", seed=seed, steps=config.feature_steps, batch_size=config.feature_batch,
@@ -500,8 +497,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                                            held_fits=hfits)
         kid_real = fid.kid(f_real, f_held, subset_size=min(config.kid_subset_size, config.n_samples, config.n_heldout),
                            n_subsets=config.kid_subsets, seed=_seed("fig4-kid-real", seed))
-    finally:
-        torch.set_num_threads(prev_threads)
 
     data: dict[str, Any] = {
         "betas": [float(b) for b in config.betas],

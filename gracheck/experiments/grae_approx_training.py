@@ -88,7 +88,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 
 CLAIM_ID = "grae-approx-trains-like-beta-vae"
 SOURCE = "Sec. 5.3, 7; Eq. 2, 9, 11, 13, 14"
@@ -374,11 +374,8 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
     n = config.n_test
-    try:
+    with torch_threads(config.num_threads):
         x_all, _ = mnist_images("test", limit=2 * n)
         x_test, x_floor = x_all[:n], x_all[n : 2 * n]
         if progress is not None:
@@ -416,8 +413,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                                     level=config.ci_level, rng=rng)
             s["fd"] = {"beta-vae": list(fd["fd_a"]), "grae-approx": list(fd["fd_b"]), "ratio": list(fd["ratio"])}
             settings.append(s)
-    finally:
-        torch.set_num_threads(prev_threads)
     D = 28 * 28
     data = {
         "settings": settings, "gaussian_const": -0.5 * D * math.log(2 * math.pi), "fd_floor": fd_floor,
