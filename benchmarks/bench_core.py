@@ -7,9 +7,17 @@ batch 64, eval-mode BatchNorm, float32, 2 threads. Reported:
   reverse-mode reference (vmap over the 784 output rows of a VJP), with the max
   difference between them;
 * ``step``: one optimisation step (forward, backward, Adam) on the decoder and the
-  latent means, for the plain reconstruction loss, GRAE≈ (k = 1) and full GRAE,
-  and the ratios to the plain step. Timings are medians over interleaved repeats,
-  so background load affects all three alike.
+  latent means, for the plain reconstruction loss, GRAE≈ (k = 1) and full GRAE, each
+  by the engine's default route ("auto", which takes "chain" for this decoder) and by
+  the generic route it would otherwise use ("forward-ad" for k = 1, "vmap" for full J),
+  and the ratios to the plain step;
+* ``model_step``: the same three objectives as a training step of the whole Appendix D
+  MNIST model (encoder → mean → decoder), which is what :mod:`gracheck.train` pays per step.
+
+Timings are medians over interleaved repeats, so background load affects all steps alike.
+Floor: full GRAE needs 1 + d passes through the decoder's convolutions forward and again
+backward (d tangents and the primal), so with the convolutions running at the plain step's
+rate its decoder step costs about (1 + d)× the plain step's convolution time.
 
 Usage: ``python benchmarks/bench_core.py [--batch 64] [--repeats 7] [--threads 2]``.
 """
@@ -17,15 +25,18 @@ Usage: ``python benchmarks/bench_core.py [--batch 64] [--repeats 7] [--threads 2
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import statistics
+import sys
 import time
 
 import torch
 
 import gracheck as gc
-from gracheck.nets import MNISTDecoder
+from gracheck.nets import MNISTDecoder, MNISTEncoder
+from gracheck.report._run import _git_commit
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -64,31 +75,59 @@ def main() -> None:
 
         return run
 
+    approx = lambda m: lambda: -gc.grae_approx_objective(x, dec, mean, beta, obs, k=1, generator=gen, method=m).mean()
+    full = lambda m: lambda: -gc.grae_objective(x, dec, mean, beta, obs, method=m).mean()
     steps = {
         "plain": step(lambda: -obs.log_prob(x, dec(mean)).mean()),
-        "grae_approx_k1": step(lambda: -gc.grae_approx_objective(x, dec, mean, beta, obs, k=1, generator=gen).mean()),
-        "grae_full": step(lambda: -gc.grae_objective(x, dec, mean, beta, obs).mean()),
+        "grae_approx_k1": step(approx("auto")),
+        "grae_approx_k1_forward_ad": step(approx("forward-ad")),
+        "grae_full": step(full("auto")),
+        "grae_full_vmap": step(full("vmap")),
     }
-    for fn in steps.values():  # warm-up
+    enc = MNISTEncoder(d).eval()
+    model_opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-5)
+
+    def model_step(loss_fn):
+        def run():
+            model_opt.zero_grad(set_to_none=True)
+            loss_fn(enc(x)[0]).backward()
+            model_opt.step()
+
+        return run
+
+    model_steps = {
+        "plain": model_step(lambda h: -obs.log_prob(x, dec(h)).mean()),
+        "grae_approx_k1": model_step(lambda h: -gc.grae_approx_objective(x, dec, h, beta, obs, k=1, generator=gen).mean()),
+        "grae_full": model_step(lambda h: -gc.grae_objective(x, dec, h, beta, obs).mean()),
+    }
+    everything = {**steps, **{f"model_{k}": fn for k, fn in model_steps.items()}}
+    for fn in everything.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {k: [] for k in steps}
+    times: dict[str, list[float]] = {k: [] for k in everything}
     for _ in range(args.repeats):  # interleaved
-        for k, fn in steps.items():
+        for k, fn in everything.items():
             times[k].append(_median_time(fn, 1))
     med = {k: statistics.median(v) for k, v in times.items()}
+    dec_med = {k: med[k] for k in steps}
+    model_med = {k: med[f"model_{k}"] for k in model_steps}
 
     z = mean.detach()
     with torch.no_grad():
-        jac = {m: _median_time(lambda m=m: gc.decoder_jacobian(dec, z, method=m), 3) for m in ("forward-ad", "vmap")}
+        jac = {m: _median_time(lambda m=m: gc.decoder_jacobian(dec, z, method=m), 3) for m in ("chain", "forward-ad", "vmap")}
     J = gc.decoder_jacobian(dec, z).detach()
     out = {
         "benchmark": "bench_core",
         "setting": {"decoder": "MNIST Appendix D", "latent_dim": d, "batch": B, "dtype": "float32",
                     "batchnorm": "eval", "threads": args.threads, "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine()},
-        "step_seconds": med,
-        "step_ratio_to_plain": {k: med[k] / med["plain"] for k in med},
+        "provenance": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "git_commit": _git_commit(), "command": " ".join(["python", *sys.argv])},
+        "step_seconds": dec_med,
+        "step_ratio_to_plain": {k: v / dec_med["plain"] for k, v in dec_med.items()},
         "targets": {"grae_approx_k1": 2.5, "grae_full": 12.0},
+        "model_step_seconds": model_med,
+        "model_step_ratio_to_plain": {k: v / model_med["plain"] for k, v in model_med.items()},
+        "repeats": args.repeats,
         "jacobian_seconds_forward": jac,
     }
     if not args.skip_reverse:

@@ -221,6 +221,10 @@ class _ConvDecoder(nn.Module):
             raise ValueError(f"z: expected shape [B, {self.d}], got {tuple(z.shape)}")
         return self.body(self.fc(z).reshape(z.shape[0], *self.fc_shape))
 
+    def jacobian_chain(self) -> tuple[nn.Module, ...]:
+        """The layers :meth:`forward` composes, in order (the Jacobian engine's "chain" route)."""
+        return (*self.fc, nn.Unflatten(1, self.fc_shape), *self.body)
+
 
 # (filters, kernel, stride, padding); see the module docstring for the size arithmetic.
 _MNIST_ENC = [(64, 4, 1, 2), (128, 4, 2, 1), (256, 4, 2, 1), (512, 4, 2, 1), (512, 4, 1, 1)]
@@ -342,6 +346,10 @@ class MLPDecoder(nn.Module):
             raise ValueError(f"z: expected shape [B, {self.d}], got {tuple(z.shape)}")
         g = self.body(z)
         return g if self.out_shape is None else g.reshape(z.shape[0], *self.out_shape)
+
+    def jacobian_chain(self) -> tuple[nn.Module, ...]:
+        """The layers :meth:`forward` composes, in order (the Jacobian engine's "chain" route)."""
+        return (*self.body, *([] if self.out_shape is None else [nn.Unflatten(1, self.out_shape)]))
 
 
 # ---------------------------------------------------------------------------------- model

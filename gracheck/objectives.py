@@ -220,15 +220,25 @@ def beta_vae_objective(
 
 
 def taylor_objective(
-    x: Tensor, decoder: Decoder, mean: Tensor, cov: Tensor, beta: float | Tensor, obs, *, return_terms: bool = False
+    x: Tensor,
+    decoder: Decoder,
+    mean: Tensor,
+    cov: Tensor,
+    beta: float | Tensor,
+    obs,
+    *,
+    return_terms: bool = False,
+    method: str = "auto",
 ) -> Tensor | dict[str, Tensor]:
     """Second-order (Taylor) approximation of Eq. 2 with H_f ≈ JᵀH_pJ (Eq. 7), per example ``[B]``:
 
     log p(x|g(h)) + ½ tr(JᵀH_pJ Σ) − β KL(N(h, Σ) ‖ N(0, I)).
+
+    ``method`` picks the Jacobian engine's route (see :func:`gracheck.decoder_jacobian`).
     """
     xf = _flat_x(x, mean)
     beta = check_beta(beta)
-    g, J = decoder_jacobian(decoder, mean, return_output=True)
+    g, J = decoder_jacobian(decoder, mean, return_output=True, method=method)
     _check_output_dim(g, xf.shape[1])
     h = obs.hess_diag(xf, g)
     M = _curvature(J, h)  # Jᵀ(−H_p)J
@@ -240,17 +250,18 @@ def taylor_objective(
 
 
 def grae_objective(
-    x: Tensor, decoder: Decoder, mean: Tensor, beta: float | Tensor, obs, *, return_terms: bool = False
+    x: Tensor, decoder: Decoder, mean: Tensor, beta: float | Tensor, obs, *, return_terms: bool = False, method: str = "auto"
 ) -> Tensor | dict[str, Tensor]:
     """GRAE (Eq. 12; Eq. 13 for Gaussian observations), per example ``[B]``, maximisation form:
 
     log p(x|g(h)) − β/2 ‖h‖² − β/2 log det(I − JᵀH_pJ/β),
 
     the value of Eq. 7 at the optimal covariance Σ* of Eq. 11 (Eq. 10 with H_f = JᵀH_pJ).
+    ``method`` picks the Jacobian engine's route (see :func:`gracheck.decoder_jacobian`).
     """
     xf = _flat_x(x, mean)
     beta = check_beta(beta)
-    g, J = decoder_jacobian(decoder, mean, return_output=True)
+    g, J = decoder_jacobian(decoder, mean, return_output=True, method=method)
     _check_output_dim(g, xf.shape[1])
     logp = obs.log_prob(xf, g)
     return _grae_terms(logp, mean, beta, grae_regularizer(J, beta, obs.hess_diag(xf, g)), return_terms)
@@ -281,6 +292,7 @@ def grae_approx_objective(
     *,
     columns: Tensor | None = None,
     return_terms: bool = False,
+    method: str = "auto",
 ) -> Tensor | dict[str, Tensor]:
     """GRAE≈ (Eq. 14 and the text after it), per example ``[B]``:
 
@@ -290,6 +302,7 @@ def grae_approx_objective(
     Each column enters with probability k/d, so the sum is an unbiased estimate of
     the Hadamard bound (:func:`hadamard_bound`), itself an upper bound on the GRAE
     regulariser: E[GRAE≈] ≤ GRAE. Cost: k JVPs, sharing the pass that computes g(h).
+    ``method`` picks the Jacobian engine's route (see :func:`gracheck.jacobian_columns`).
     """
     xf = _flat_x(x, mean)
     beta = check_beta(beta)
@@ -299,7 +312,7 @@ def grae_approx_objective(
     elif columns.dim() != 2 or columns.shape[0] != B:
         raise ValueError(f"columns: expected shape [B={B}, k], got {tuple(columns.shape)}")
     k = columns.shape[1]
-    g, Jc = jacobian_columns(decoder, mean, columns, return_output=True)  # [B, D], [B, D, k]
+    g, Jc = jacobian_columns(decoder, mean, columns, return_output=True, method=method)  # [B, D], [B, D, k]
     _check_output_dim(g, xf.shape[1])
     logp = obs.log_prob(xf, g)
     reg = hadamard_bound(Jc, beta, obs.hess_diag(xf, g)) * (d / k)

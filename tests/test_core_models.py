@@ -16,6 +16,7 @@ import gracheck as gc
 from gracheck.posteriors import block_mask
 
 DT = torch.float64
+ROUTES = ["chain", "forward-ad", "vmap"]  # the Jacobian engine's three routes
 
 
 def _gen(seed):
@@ -127,7 +128,7 @@ def _reverse_jacobian(decoder, z):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+@pytest.mark.parametrize("method", ROUTES)
 def test_decoder_jacobian_vs_reverse_mode_mlp(method):
     dec = _mlp()
     z = torch.randn(4, 3, generator=_gen(8), dtype=DT)
@@ -135,7 +136,7 @@ def test_decoder_jacobian_vs_reverse_mode_mlp(method):
     torch.testing.assert_close(J, _reverse_jacobian(dec, z), rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+@pytest.mark.parametrize("method", ROUTES)
 def test_decoder_jacobian_conv_decoder(method):
     torch.manual_seed(1)
     dec = nn.Sequential(
@@ -148,7 +149,7 @@ def test_decoder_jacobian_conv_decoder(method):
     torch.testing.assert_close(J, _reverse_jacobian(dec, z), rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+@pytest.mark.parametrize("method", ROUTES)
 def test_jacobian_columns_match_full_jacobian(method):
     dec = _mlp(d=5)
     z = torch.randn(6, 5, generator=_gen(10), dtype=DT)
@@ -164,7 +165,7 @@ def test_jacobian_columns_match_full_jacobian(method):
         gc.decoder_jacobian(dec, z[0])
 
 
-@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+@pytest.mark.parametrize("method", ROUTES)
 def test_batchnorm_train_mode_is_per_example(method):
     """DESIGN pitfall: a naive batched JVP through train-mode BN mixes examples (a shared
     one-hot tangent gives exactly zero after the first Linear+BN). The engine holds the
@@ -209,19 +210,20 @@ def test_batchnorm_train_mode_is_per_example(method):
 
 def test_batchnorm_gradient_of_jacobian_agrees_between_routes():
     """With train-mode BN, ∂‖J‖²/∂θ (statistics differentiable, tangent-constant) must agree
-    between the dual-tensor route and the record/replay vmap route."""
+    between the chain route, the dual-tensor route and the record/replay vmap route."""
     dec = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ELU(), nn.Linear(16, 5)).double().train()
     z = torch.randn(8, 3, generator=_gen(31), dtype=DT)
     params = list(dec.parameters())
     grads = []
-    for method in ("forward-ad", "vmap"):
+    for method in ROUTES:
         g, J = gc.decoder_jacobian(dec, z, return_output=True, method=method)
         grads.append(torch.autograd.grad(J.pow(2).sum() + g.pow(3).sum(), params))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["forward-ad", "vmap"])
+@pytest.mark.parametrize("method", ROUTES)
 def test_double_backward_through_jvp_vs_reverse_route(method):
     """Gradient of Σ‖J[:, c]‖² w.r.t. parameters: forward-mode engine + backward vs
     reverse-mode Jacobian built with create_graph=True + backward."""
@@ -324,6 +326,124 @@ def test_vmap_route_batch_slicing_changes_nothing(monkeypatch, rows):
     torch.testing.assert_close(dec_b[1].running_mean, dec_a[1].running_mean, rtol=1e-12, atol=1e-12)
 
 
+def _chain_zoo(train_mode: bool, seed: int = 51):
+    """Every layer type the chain route knows, nested once, in float64."""
+    torch.manual_seed(seed)
+    inner = nn.Sequential(nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(6), nn.ELU(0.7))
+    return nn.Sequential(
+        nn.Linear(3, 8 * 3 * 3), nn.BatchNorm1d(72), nn.LeakyReLU(0.2), nn.Unflatten(1, (8, 3, 3)),
+        inner, nn.Dropout(0.0), nn.Conv2d(6, 5, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+        nn.Conv2d(5, 4, 3, padding=1), nn.ELU(), nn.Identity(), nn.Flatten(2),
+        nn.Conv1d(4, 3, 3, padding=1, padding_mode="circular"), nn.Softplus(beta=2.0, threshold=1.0),
+        nn.Flatten(), nn.Linear(147, 20), nn.Tanh(), nn.Linear(20, 10), nn.Sigmoid(),
+    ).double().train(train_mode)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_chain_route_every_layer_vs_reverse_mode_and_vmap_gradients(train_mode):
+    """The chain route propagates tangents by hand (Linear/conv weights, BatchNorm scales folded into
+    the next activation's derivative, reshapes). Check its J against per-example reverse mode (eval
+    mode; train mode with frozen statistics is covered against the vmap route) and the parameter
+    gradient of a loss on (g, J) against the vmap route, on a decoder using every supported layer."""
+    import gracheck.autodiff as ad
+
+    dec = _chain_zoo(train_mode)
+    layers, why = ad._chain_layers(dec)
+    assert layers is not None, why
+    assert len(layers) == 21  # the nested Sequential was flattened
+    z = torch.randn(6, 3, generator=_gen(52), dtype=DT)
+    params = list(dec.parameters())
+    out = {}
+    for method in ("chain", "vmap"):
+        g, J = gc.decoder_jacobian(dec, z, return_output=True, method=method)
+        out[method] = (g, J, torch.autograd.grad(J.pow(2).sum() + g.pow(2).sum(), params))
+    (g1, J1, gr1), (g2, J2, gr2) = out["chain"], out["vmap"]
+    if not train_mode:
+        torch.testing.assert_close(J1, _reverse_jacobian(dec, z), rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(J1, J2, rtol=1e-10, atol=1e-12)
+    assert float(J1.detach().abs().max()) > 1e-3
+    for a, b in zip(gr1, gr2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 1000])
+def test_chain_route_batch_slicing_changes_nothing(monkeypatch, rows):
+    """Tangent slices of any size (uneven, one example each, one slice) give the dual-tensor route's
+    J and parameter gradient, with one running-statistics update for train-mode BatchNorm."""
+    import gracheck.autodiff as ad
+
+    monkeypatch.setattr(ad, "_CHAIN_ROWS", rows)
+    torch.manual_seed(6)
+    make = lambda: nn.Sequential(nn.Linear(3, 12), nn.BatchNorm1d(12), nn.ELU(), nn.Linear(12, 6)).double().train()
+    dec_a, dec_b = make(), make()
+    dec_b.load_state_dict(dec_a.state_dict())
+    z = torch.randn(7, 3, generator=_gen(53), dtype=DT)
+    g_a, J_a = gc.decoder_jacobian(dec_a, z, return_output=True, method="forward-ad")
+    g_b, J_b = gc.decoder_jacobian(dec_b, z, return_output=True, method="chain")
+    torch.testing.assert_close(g_b, g_a, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(J_b, J_a, rtol=1e-10, atol=1e-12)
+    ga = torch.autograd.grad(J_a.pow(2).sum() + g_a.pow(2).sum(), list(dec_a.parameters()))
+    gb = torch.autograd.grad(J_b.pow(2).sum() + g_b.pow(2).sum(), list(dec_b.parameters()))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    assert int(dec_b[1].num_batches_tracked) == 1
+    torch.testing.assert_close(dec_b[1].running_var, dec_a[1].running_var, rtol=1e-12, atol=1e-12)
+
+
+def test_chain_route_takes_the_papers_nets_through_jacobian_chain():
+    """gracheck.nets decoders declare their layers (jacobian_chain); composing them must reproduce
+    forward, and "auto" must then take the chain route and agree with the vmap route."""
+    import gracheck.autodiff as ad
+    from gracheck.nets import CelebADecoder, MLPDecoder, MNISTDecoder
+
+    torch.manual_seed(7)
+    decs = [MNISTDecoder(4, width=0.125), CelebADecoder(5, width=1 / 64), MLPDecoder(3, 12, (8,), out_shape=(3, 4))]
+    for dec in decs:
+        dec = dec.double().eval()
+        z = torch.randn(3, dec.d, generator=_gen(54), dtype=DT)
+        x = z
+        for m in dec.jacobian_chain():
+            x = m(x)
+        torch.testing.assert_close(x, dec(z), rtol=0, atol=0)
+        assert ad._chain_layers(dec)[0] is not None
+        calls = []
+        orig = ad._columns_chain
+        ad._columns_chain = lambda *a: calls.append(1) or orig(*a)
+        try:
+            J = gc.decoder_jacobian(dec, z)
+        finally:
+            ad._columns_chain = orig
+        assert calls == [1]
+        torch.testing.assert_close(J, gc.decoder_jacobian(dec, z, method="vmap"), rtol=1e-10, atol=1e-12)
+
+
+def test_chain_route_refuses_unknown_layers_and_auto_falls_back():
+    """A layer the chain route does not know (a conv subclass with its own forward, a hooked module,
+    training-mode dropout, a plain callable) makes method="chain" raise a ValueError naming it, while
+    "auto" falls back to the generic routes and still gives the right Jacobian."""
+    import gracheck.autodiff as ad
+
+    z = torch.randn(4, 3, generator=_gen(55), dtype=DT)
+    scaled = nn.Sequential(nn.Linear(3, 2 * 3 * 3), nn.Unflatten(1, (2, 3, 3)), _ScaledConv(2, 1, 3, padding=1)).double()
+    hooked = _mlp()
+    hooked[1].register_forward_hook(lambda m, i, o: 2 * o)
+    dropout = nn.Sequential(nn.Linear(3, 5), nn.Dropout(0.5)).double().train()
+    top_hooked = _mlp()
+    top_hooked.register_forward_pre_hook(lambda m, i: (2 * i[0],))
+    for dec, name in ((scaled, "_ScaledConv"), (hooked, "has hooks"), (top_hooked, "decoder has hooks"),
+                      (dropout, "dropout in training mode")):
+        with pytest.raises(ValueError, match=name):
+            gc.decoder_jacobian(dec, z, method="chain")
+    for dec in (scaled, hooked, top_hooked):
+        torch.testing.assert_close(gc.decoder_jacobian(dec, z), _reverse_jacobian(dec, z), rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match="neither an nn.Sequential"):
+        gc.decoder_jacobian(lambda zz: zz.sin(), z, method="chain")
+    with pytest.raises(ValueError, match="Linear layer expects 3 inputs"):
+        gc.decoder_jacobian(_mlp(), torch.randn(4, 5, dtype=DT), method="chain")
+    assert ad._chain_layers(_mlp())[0] is not None
+
+
 # ----------------------------------------------------- model-level objectives
 
 
@@ -399,6 +519,31 @@ def test_grae_approx_exact_expectation_and_monte_carlo():
     assert bool(((draws.mean(0) - hb_obj).abs() < 5 * se + 1e-12).all())
     full = gc.grae_approx_objective(x, dec, mean, beta, obs, k=4, generator=gen)  # k = d: exact bound
     torch.testing.assert_close(full, hb_obj, rtol=1e-12, atol=1e-12)
+
+
+def test_objectives_agree_across_engine_routes():
+    """taylor/grae/grae_approx with method = chain, forward-ad and vmap: equal values and parameter
+    gradients (Gaussian and Bernoulli-with-logits observations, one decoder with BatchNorm)."""
+    dec = _mlp(d=3, D=7, act=nn.ELU, bn=True).eval()
+    mean = torch.randn(5, 3, generator=_gen(56), dtype=DT)
+    cov = torch.diag_embed(torch.rand(5, 3, generator=_gen(57), dtype=DT) + 0.1)
+    cols = torch.randint(0, 3, (5, 2), generator=_gen(58))
+    for obs, x in [(gc.GaussianObs(0.5), torch.randn(5, 7, generator=_gen(59), dtype=DT)),
+                   (gc.BernoulliObs(logits=True), torch.rand(5, 7, generator=_gen(60), dtype=DT))]:
+        calls = [
+            lambda m: gc.taylor_objective(x, dec, mean, cov, 0.4, obs, method=m),
+            lambda m: gc.grae_objective(x, dec, mean, 0.4, obs, method=m),
+            lambda m: gc.grae_approx_objective(x, dec, mean, 0.4, obs, columns=cols, method=m),
+        ]
+        for f in calls:
+            vals = [f(m) for m in ROUTES]
+            grads = [torch.autograd.grad(v.sum(), list(dec.parameters())) for v in vals]
+            for v, gr in zip(vals[1:], grads[1:]):
+                torch.testing.assert_close(v, vals[0], rtol=1e-12, atol=1e-12)
+                for a, b in zip(gr, grads[0]):
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        gc.grae_objective(x, dec, mean, 0.4, obs, method="reverse")
 
 
 def test_objectives_float32_training_path_and_terms():
