@@ -444,8 +444,8 @@ def jacobian_columns(
     if not isinstance(columns, Tensor) or columns.dtype not in (torch.int64, torch.int32):
         raise TypeError("columns: expected an integer (Long) tensor of shape [B, k]")
     B, d = z.shape
-    if columns.dim() != 2 or columns.shape[0] != B:
-        raise ValueError(f"columns: expected shape [B={B}, k], got {tuple(columns.shape)}")
+    if columns.dim() != 2 or columns.shape[0] != B or columns.shape[1] < 1:
+        raise ValueError(f"columns: expected shape [B={B}, k] with k ≥ 1, got {tuple(columns.shape)}")
     if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= d):
         raise ValueError(f"columns: indices must lie in [0, {d}), got range [{int(columns.min())}, {int(columns.max())}]")
     tangents = F.one_hot(columns.long().to(z.device), d).to(z.dtype)  # [B, k, d]

@@ -161,6 +161,8 @@ def test_jacobian_columns_match_full_jacobian(method):
         gc.jacobian_columns(dec, z, torch.full((6, 1), 5))
     with pytest.raises(ValueError, match="columns: expected shape"):
         gc.jacobian_columns(dec, z, torch.zeros(5, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="k ≥ 1"):
+        gc.jacobian_columns(dec, z, torch.zeros(6, 0, dtype=torch.long), method=method)
     with pytest.raises(ValueError, match="z: expected shape"):
         gc.decoder_jacobian(dec, z[0])
 
