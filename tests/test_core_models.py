@@ -304,20 +304,22 @@ def test_dual_tensor_convolutions_match_vmap_route_values_and_gradients(train_mo
 
 
 @pytest.mark.parametrize("rows", [1, 5, 1000])
-def test_vmap_route_batch_slicing_changes_nothing(monkeypatch, rows):
-    """The vmap route runs its tangent passes on slices of the batch (about _VMAP_ROWS rows each).
-    Uneven slices, one example per slice, and one slice must all give the dual-tensor route's J,
-    the same parameter gradient, and one running-statistics update (train-mode BatchNorm)."""
+@pytest.mark.parametrize("method,knob", [("vmap", "_VMAP_ROWS"), ("chain", "_CHAIN_ROWS")])
+def test_route_batch_slicing_changes_nothing(monkeypatch, method, knob, rows):
+    """The vmap and chain routes run their tangent passes on slices of the batch (about _VMAP_ROWS /
+    _CHAIN_ROWS rows each). Uneven slices, one example per slice, and one slice must all give the
+    dual-tensor route's g and J, the same parameter gradient, and one running-statistics update
+    (train-mode BatchNorm)."""
     import gracheck.autodiff as ad
 
-    monkeypatch.setattr(ad, "_VMAP_ROWS", rows)
+    monkeypatch.setattr(ad, knob, rows)
     torch.manual_seed(5)
     make = lambda: nn.Sequential(nn.Linear(3, 12), nn.BatchNorm1d(12), nn.ELU(), nn.Linear(12, 6)).double().train()
     dec_a, dec_b = make(), make()
     dec_b.load_state_dict(dec_a.state_dict())
     z = torch.randn(7, 3, generator=_gen(44), dtype=DT)
     g_a, J_a = gc.decoder_jacobian(dec_a, z, return_output=True, method="forward-ad")
-    g_b, J_b = gc.decoder_jacobian(dec_b, z, return_output=True, method="vmap")
+    g_b, J_b = gc.decoder_jacobian(dec_b, z, return_output=True, method=method)
     torch.testing.assert_close(g_b, g_a, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(J_b, J_a, rtol=1e-10, atol=1e-12)
     ga = torch.autograd.grad(J_a.pow(2).sum() + g_a.pow(2).sum(), list(dec_a.parameters()))
@@ -326,6 +328,7 @@ def test_vmap_route_batch_slicing_changes_nothing(monkeypatch, rows):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
     assert int(dec_b[1].num_batches_tracked) == 1
     torch.testing.assert_close(dec_b[1].running_mean, dec_a[1].running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dec_b[1].running_var, dec_a[1].running_var, rtol=1e-12, atol=1e-12)
 
 
 def _chain_zoo(train_mode: bool, seed: int = 51):
@@ -367,30 +370,6 @@ def test_chain_route_every_layer_vs_reverse_mode_and_vmap_gradients(train_mode):
     assert float(J1.detach().abs().max()) > 1e-3
     for a, b in zip(gr1, gr2):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-
-
-@pytest.mark.parametrize("rows", [1, 5, 1000])
-def test_chain_route_batch_slicing_changes_nothing(monkeypatch, rows):
-    """Tangent slices of any size (uneven, one example each, one slice) give the dual-tensor route's
-    J and parameter gradient, with one running-statistics update for train-mode BatchNorm."""
-    import gracheck.autodiff as ad
-
-    monkeypatch.setattr(ad, "_CHAIN_ROWS", rows)
-    torch.manual_seed(6)
-    make = lambda: nn.Sequential(nn.Linear(3, 12), nn.BatchNorm1d(12), nn.ELU(), nn.Linear(12, 6)).double().train()
-    dec_a, dec_b = make(), make()
-    dec_b.load_state_dict(dec_a.state_dict())
-    z = torch.randn(7, 3, generator=_gen(53), dtype=DT)
-    g_a, J_a = gc.decoder_jacobian(dec_a, z, return_output=True, method="forward-ad")
-    g_b, J_b = gc.decoder_jacobian(dec_b, z, return_output=True, method="chain")
-    torch.testing.assert_close(g_b, g_a, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(J_b, J_a, rtol=1e-10, atol=1e-12)
-    ga = torch.autograd.grad(J_a.pow(2).sum() + g_a.pow(2).sum(), list(dec_a.parameters()))
-    gb = torch.autograd.grad(J_b.pow(2).sum() + g_b.pow(2).sum(), list(dec_b.parameters()))
-    for a, b in zip(ga, gb):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
-    assert int(dec_b[1].num_batches_tracked) == 1
-    torch.testing.assert_close(dec_b[1].running_var, dec_a[1].running_var, rtol=1e-12, atol=1e-12)
 
 
 def test_chain_route_takes_the_papers_nets_through_jacobian_chain():
