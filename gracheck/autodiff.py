@@ -149,17 +149,18 @@ _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTran
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
+def _conv_linear_part(m: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
+    """The convolution's linear map without its bias, i.e. its derivative applied to ``x``."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return _CONV_T[len(m.kernel_size)](x, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+    return m._conv_forward(x, m.weight, None)  # honours padding_mode
+
+
 def _conv_dual(self: nn.modules.conv._ConvNd, x: Tensor, *args) -> Tensor:
     primal, tangent = fwAD.unpack_dual(x)
     if tangent is None or args:  # no tangent, or ConvTranspose's output_size: the generic rule
         return type(self).forward(self, x, *args)
-    out = type(self).forward(self, primal)
-    if isinstance(self, nn.modules.conv._ConvTransposeNd):
-        tan = _CONV_T[len(self.kernel_size)](tangent, self.weight, None, self.stride, self.padding,
-                                             self.output_padding, self.groups, self.dilation)
-    else:
-        tan = self._conv_forward(tangent, self.weight, None)  # honours padding_mode
-    return fwAD.make_dual(out, tan)
+    return fwAD.make_dual(type(self).forward(self, primal), _conv_linear_part(self, tangent))
 
 
 @contextlib.contextmanager
@@ -251,17 +252,42 @@ _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d
 TangentOp = Callable[[Tensor, int, int, int], Tensor]  # (T [b·k, ...], first example, b, k) → T
 
 
-def _conv_tangent(m: nn.modules.conv._ConvNd) -> TangentOp:
-    def op(T: Tensor, s: int, b: int, k: int) -> Tensor:
-        if isinstance(m, nn.modules.conv._ConvTransposeNd):
-            return _CONV_T[len(m.kernel_size)](T, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
-        return m._conv_forward(T, m.weight, None)  # honours padding_mode
-
-    return op
-
-
 def _channel_shape(x: Tensor) -> list[int]:
     return [1, -1] + [1] * (x.dim() - 2)
+
+
+def _elu(m: nn.ELU, x: Tensor) -> tuple[Tensor, Tensor]:
+    y = F.elu(x, m.alpha)
+    # ELU'(x) = 1 for x > 0 and α eˣ = y + α for x ≤ 0 (where y ≤ 0): min(y, 0) + 1 when α = 1
+    return y, (y.clamp(max=0) + 1 if m.alpha == 1.0 else torch.where(x > 0, torch.ones_like(y), y + m.alpha))
+
+
+def _sigmoid(m: nn.Sigmoid, x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.sigmoid(x)
+    return y, y * (1 - y)
+
+
+def _tanh(m: nn.Tanh, x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.tanh(x)
+    return y, 1 - y * y
+
+
+def _softplus(m: nn.Softplus, x: Tensor) -> tuple[Tensor, Tensor]:
+    bx = x * m.beta
+    return F.softplus(x, m.beta, m.threshold), torch.where(bx > m.threshold, torch.ones_like(x), torch.sigmoid(bx))
+
+
+# Elementwise activations: (module, x) → (y, dy/dx elementwise); differentiable in x, so the
+# backward of a training step gets the second-derivative terms through them.
+_ACTIVATIONS: dict[type, Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]] = {
+    nn.ELU: _elu,
+    nn.ReLU: lambda m, x: (F.relu(x), (x > 0).to(x.dtype)),
+    nn.LeakyReLU: lambda m, x: (F.leaky_relu(x, m.negative_slope),
+                                torch.full_like(x, m.negative_slope).masked_fill_(x > 0, 1.0)),
+    nn.Sigmoid: _sigmoid,
+    nn.Tanh: _tanh,
+    nn.Softplus: _softplus,
+}
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -275,9 +301,7 @@ def _chain_unsupported(m: nn.Module) -> str | None:
     t = type(m)
     if t in _IDENTITIES:
         return "dropout in training mode" if t is not nn.Identity and m.training and m.p > 0 else None
-    if t in (nn.Linear, *_PLAIN_CONVS, *_BATCHNORMS, nn.Flatten, nn.Unflatten):
-        return None
-    if t in (nn.ELU, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus):
+    if t in (nn.Linear, *_PLAIN_CONVS, *_BATCHNORMS, nn.Flatten, nn.Unflatten) or t in _ACTIVATIONS:
         return None
     return f"{t.__name__} is not a layer the chain route knows"
 
@@ -315,7 +339,7 @@ def _chain_step(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple[str, object] | N
         W = m.weight
         return m(x), ("map", lambda T, s, b, k: F.linear(T, W))
     if t in _PLAIN_CONVS:
-        return m(x), ("map", _conv_tangent(m))
+        return m(x), ("map", lambda T, s, b, k: _conv_linear_part(m, T))
     if t in _BATCHNORMS:
         if m.training or m.running_var is None:  # batch statistics, held constant for the tangent
             mean, var = _batch_stats(m, x, 1)
@@ -331,24 +355,9 @@ def _chain_step(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple[str, object] | N
         if dim % x.dim() == 0:
             raise ValueError(f"decoder: {t.__name__}({dim}) would reshape the batch dimension")
         return m(x), ("map", lambda T, s, b, k: m(T))
-    if t is nn.ELU:
-        y = F.elu(x, m.alpha)
-        # ELU'(x) = 1 for x > 0 and α eˣ = y + α for x ≤ 0 (where y ≤ 0): min(y, 0) + 1 when α = 1
-        d = y.clamp(max=0) + 1 if m.alpha == 1.0 else torch.where(x > 0, torch.ones_like(y), y + m.alpha)
-        return y, ("times", d)
-    if t is nn.ReLU:
-        return F.relu(x), ("times", (x > 0).to(x.dtype))
-    if t is nn.LeakyReLU:
-        return F.leaky_relu(x, m.negative_slope), ("times", torch.full_like(x, m.negative_slope).masked_fill_(x > 0, 1.0))
-    if t is nn.Sigmoid:
-        y = torch.sigmoid(x)
-        return y, ("times", y * (1 - y))
-    if t is nn.Tanh:
-        y = torch.tanh(x)
-        return y, ("times", 1 - y * y)
-    if t is nn.Softplus:
-        bx = x * m.beta
-        return F.softplus(x, m.beta, m.threshold), ("times", torch.where(bx > m.threshold, torch.ones_like(x), torch.sigmoid(bx)))
+    if t in _ACTIVATIONS:
+        y, deriv = _ACTIVATIONS[t](m, x)
+        return y, ("times", deriv)
     raise AssertionError(f"unsupported layer {t.__name__} reached _chain_step")  # _chain_layers filters these
 
 

@@ -309,10 +309,8 @@ def grae_approx_objective(
     B, d = mean.shape
     if columns is None:
         columns = sample_columns(B, d, k, generator, device=mean.device)
-    elif columns.dim() != 2 or columns.shape[0] != B or columns.shape[1] < 1:
-        raise ValueError(f"columns: expected shape [B={B}, k] with k ≥ 1, got {tuple(columns.shape)}")
+    g, Jc = jacobian_columns(decoder, mean, columns, return_output=True, method=method)  # validates columns
     k = columns.shape[1]
-    g, Jc = jacobian_columns(decoder, mean, columns, return_output=True, method=method)  # [B, D], [B, D, k]
     _check_output_dim(g, xf.shape[1])
     logp = obs.log_prob(xf, g)
     reg = hadamard_bound(Jc, beta, obs.hess_diag(xf, g)) * (d / k)
