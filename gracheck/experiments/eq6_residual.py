@@ -390,8 +390,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     )
 
 
-
-
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the three decision rules of the module docstring to ``res.data``."""
     cfg = config_from_dict(Config, res.config)

@@ -632,7 +632,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
     )
 
 
-
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to the runs in ``res.data``."""
     cfg = config_from_dict(Config, res.config)

@@ -426,8 +426,6 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
     )
 
 
-
-
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to every (b, d, β) setting in ``res.data``."""
     cfg = config_from_dict(Config, res.config)

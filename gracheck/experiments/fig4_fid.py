@@ -391,8 +391,6 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"hf_cutoff: expected a number in (0, √2/2] cycles/pixel, got {cfg.hf_cutoff!r}")
 
 
-
-
 def _fmt_ci(t) -> str:
     return f"{t[0]:.4g} ({t[1]:.4g}–{t[2]:.4g})"
 

@@ -478,8 +478,6 @@ def _metrics(data: dict[str, Any], stats: dict[str, dict[str, Any]], cfg: Config
     return m
 
 
-
-
 def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to every β in ``res.data``."""
     cfg = config_from_dict(Config, res.config)
