@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck._validate import check_tensor
+from gracheck.base.validate import check_tensor
 
 Decoder = Callable[[Tensor], Tensor]
 

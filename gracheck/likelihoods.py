@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck._validate import _is_traced, check_tensor
+from gracheck.base.validate import _is_traced, check_tensor
 
 
 def _flat_pair(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:

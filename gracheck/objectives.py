@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gracheck._validate import check_beta, check_square, check_symmetric, check_tensor, cholesky
+from gracheck.base.validate import check_beta, check_square, check_symmetric, check_tensor, cholesky
 from gracheck.autodiff import decoder_jacobian, jacobian_columns
 from gracheck.posteriors import GaussianPosterior
 

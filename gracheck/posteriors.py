@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck._validate import _is_traced, check_tensor
+from gracheck.base.validate import _is_traced, check_tensor
 
 STRUCTURES = ("mean-field", "block-diagonal", "full")
 _DIAG_FLOOR = 1e-5  # smallest posterior standard deviation a head can produce
@@ -120,7 +120,7 @@ class GaussianPosterior:
 
     @classmethod
     def from_cov(cls, mean: Tensor, cov: Tensor) -> GaussianPosterior:
-        from gracheck._validate import check_symmetric, cholesky
+        from gracheck.base.validate import check_symmetric, cholesky
 
         check_tensor("cov", cov, min_dim=3)
         check_symmetric("cov", cov)

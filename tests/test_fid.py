@@ -294,14 +294,14 @@ def test_kid_unbiased_against_exact_population_value():
     rng = _rng(11)
     A, B = rng.normal(size=(6, 3)), rng.normal(size=(4, 3)) * 1.3 + 0.3
     At, Bt = torch.tensor(A), torch.tensor(B)
-    pop = float(fid._poly_kernel(At, At).mean() + fid._poly_kernel(Bt, Bt).mean() - 2 * fid._poly_kernel(At, Bt).mean())
+    pop = float(fid.distance._poly_kernel(At, At).mean() + fid.distance._poly_kernel(Bt, Bt).mean() - 2 * fid.distance._poly_kernel(At, Bt).mean())
     reps, m = 4000, 5
     u = np.empty(reps)
     v = np.empty(reps)
     for r in range(reps):
         X, Y = At[rng.integers(0, 6, m)], Bt[rng.integers(0, 4, m)]
         u[r] = kid_unbiased_mmd2(X, Y)
-        v[r] = float(fid._poly_kernel(X, X).mean() + fid._poly_kernel(Y, Y).mean() - 2 * fid._poly_kernel(X, Y).mean())
+        v[r] = float(fid.distance._poly_kernel(X, X).mean() + fid.distance._poly_kernel(Y, Y).mean() - 2 * fid.distance._poly_kernel(X, Y).mean())
     se_u, se_v = u.std(ddof=1) / math.sqrt(reps), v.std(ddof=1) / math.sqrt(reps)
     assert abs(u.mean() - pop) < 4 * se_u, (u.mean(), pop, se_u)
     assert abs(v.mean() - pop) > 4 * se_v, (v.mean(), pop, se_v)
@@ -494,7 +494,7 @@ def test_inception_sha256_policy(weights_file, monkeypatch):
     assert fid.INCEPTION_SHA256.startswith(fid.INCEPTION_FILENAME.rsplit("-", 1)[1].split(".")[0])
     assert len(fid.INCEPTION_SHA256) == 64
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()  # hashed in one piece, not chunked
-    monkeypatch.setattr(fid, "INCEPTION_SHA256", digest)
+    monkeypatch.setattr(fid.distance, "INCEPTION_SHA256", digest)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = load_inception(weights_file, check_sha256="error")
@@ -653,9 +653,9 @@ def test_mnist_feature_net_trains_and_caches(tmp_path, monkeypatch):
     x, _ = gd.mnist_images("test", limit=64)
     assert torch.equal(domain_features(net, x), domain_features(net2, x))
     # a damaged cache entry is not trusted: warning, then retrained (cheaply here: tiny budget)
-    path = fid._cache_path("mnist", 0, 300, 128, None)
+    path = fid.distance._cache_path("mnist", 0, 300, 128, None)
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
-    small = fid._cache_path("mnist", 0, 5, 32, 256)
+    small = fid.distance._cache_path("mnist", 0, 5, 32, 256)
     with _threads(1):
         fid.train_domain_features("mnist", seed=0, steps=5, batch_size=32, limit=256)
     small.write_bytes(small.read_bytes()[:100])

@@ -19,8 +19,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gracheck.claims import _registry
-from gracheck.claims._registry import CheckSkipped, claim, compare, result
+from gracheck.base import evidence as _registry
+from gracheck.base.evidence import CheckSkipped, claim, compare, result
 from gracheck.experiments import _common
 from gracheck.report import build_report, main, schema_path
 from gracheck.report._run import worst_error

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gracheck.claims import get, registry
-from gracheck.claims._registry import KINDS, METHODS, claim
+from gracheck.base.evidence import KINDS, METHODS, claim
 
 DESIGN_IDS = {
     "derivation": (

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from gracheck.claims import get
-from gracheck.claims import strategies as S
-from gracheck.claims.sec3_uniqueness import ppca_case, rotation_closure_case
-from gracheck.claims.tolerances import tol
+from gracheck.theory import strategies as S
+from gracheck.theory.sec3_uniqueness import ppca_case, rotation_closure_case
+from gracheck.base.tolerances import tol
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

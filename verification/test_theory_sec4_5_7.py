@@ -7,7 +7,7 @@ time). For an erratum, passing means the printed statement was refuted and the c
 verified.
 
 The property tests at the end draw dimensions, β and the seeds of random SPD matrices /
-Jacobians from the shared strategies (``gracheck.claims.strategies``; ``ci`` profile by
+Jacobians from the shared strategies (``gracheck.theory.strategies``; ``ci`` profile by
 default, ``HYPOTHESIS_PROFILE=dev`` for more) and test the library's pure-math functions
 against independent routes, with the tolerances of the one tolerance table.
 """
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from gracheck.claims import get
-from gracheck.claims import strategies as S
-from gracheck.claims.tolerances import tol
+from gracheck.theory import strategies as S
+from gracheck.base.tolerances import tol
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

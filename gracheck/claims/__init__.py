@@ -4,7 +4,7 @@
 :class:`CheckResult` evidence. See DESIGN.md for the ids.
 """
 
-from gracheck.claims._registry import (
+from gracheck.base.evidence import (
     CheckResult,
     CheckSkipped,
     Claim,

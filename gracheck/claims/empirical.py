@@ -6,7 +6,7 @@ the same and its check raises :class:`CheckSkipped` naming what is missing.
 
 from __future__ import annotations
 
-from gracheck.claims._registry import CheckSkipped, claim
+from gracheck.base.evidence import CheckSkipped, claim
 from gracheck.experiments._common import EXPERIMENT_MODULES, load_module, run_experiment
 
 _EMPIRICAL = [

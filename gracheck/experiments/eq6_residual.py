@@ -77,7 +77,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from gracheck.claims._registry import CheckResult, result
+from gracheck.base.evidence import CheckResult, result
 from gracheck.experiments import fig3_objectives as fig3
 from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 

@@ -93,7 +93,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.claims._registry import CheckResult, result
+from gracheck.base.evidence import CheckResult, result
 from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
 
 CLAIM_ID = "fig4-fid-agree"

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import gracheck
-from gracheck.claims import _registry
-from gracheck.claims._registry import CheckResult, CheckSkipped, Claim
+from gracheck.base import evidence as _registry
+from gracheck.base.evidence import CheckResult, CheckSkipped, Claim
 from gracheck.experiments._common import (
     EXPERIMENT_MODULES,
     SCALES,
@@ -163,7 +163,7 @@ def worst_error(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The result closest to (or furthest past) its tolerance, as ``{ratio, text, method, ...}``.
 
     ``ratio`` = error / allowed, where allowed = atol + rtol·|expected| (the rule of
-    :func:`gracheck.claims._registry.compare`); below 1 passes. None when no result
+    :func:`gracheck.base.evidence.compare`); below 1 passes. None when no result
     carries both an error and a tolerance.
     """
     best: dict[str, Any] | None = None

@@ -20,9 +20,9 @@ import math
 import torch
 from torch import Tensor
 
-from gracheck.claims import strategies as S
-from gracheck.claims._registry import claim, result
-from gracheck.claims._sec457 import (
+from gracheck.theory import strategies as S
+from gracheck.base.evidence import claim, result
+from gracheck.theory.routes import (
     MLP,
     CandidateError,
     _rationals,
@@ -37,7 +37,7 @@ from gracheck.claims._sec457 import (
     slope_result,
     tcompare,
 )
-from gracheck.claims.tolerances import tol
+from gracheck.base.tolerances import tol
 
 DT = S.DTYPE
 
@@ -509,7 +509,7 @@ def _eq9_symbolic(*, seed: int, candidate=None):
     exactly at rational (H, β), d ∈ {1, 2}; route 2: the candidate (default: the library's optimal_covariance)
     evaluated in float64 at the same points. (The condition I − H/β ≻ 0 is the erratum
     ``erratum-eq9-maximiser-condition``.)"""
-    from gracheck.claims._sec457 import sym_matrix_to_torch
+    from gracheck.theory.routes import sym_matrix_to_torch
 
     cand = candidate or _default_eq9()
     cases = _eq9_symbolic_cases(seed)

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.claims._registry import CheckResult, claim, compare, result
-from gracheck.claims.strategies import DTYPE, generator, normal, orthogonal, uniform
-from gracheck.claims.tolerances import tol
+from gracheck.base.evidence import CheckResult, claim, compare, result
+from gracheck.theory.strategies import DTYPE, generator, normal, orthogonal, uniform
+from gracheck.base.tolerances import tol
 
 LOG2PI = math.log(2 * math.pi)
 THETA_30 = math.pi / 6  # the fixed 30° rotation of the concrete counterexamples

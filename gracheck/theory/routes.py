@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.claims._registry import CheckResult, compare, result
-from gracheck.claims.strategies import DTYPE, normal
-from gracheck.claims.tolerances import tol
+from gracheck.base.evidence import CheckResult, compare, result
+from gracheck.theory.strategies import DTYPE, normal
+from gracheck.base.tolerances import tol
 
 # ---------------------------------------------------------------- candidates
 

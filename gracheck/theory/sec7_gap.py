@@ -18,9 +18,9 @@ import math
 import torch
 from torch import Tensor
 
-from gracheck.claims import strategies as S
-from gracheck.claims._registry import claim, result
-from gracheck.claims._sec457 import (
+from gracheck.theory import strategies as S
+from gracheck.base.evidence import claim, result
+from gracheck.theory.routes import (
     _one,
     MLP,
     CandidateError,
@@ -33,7 +33,7 @@ from gracheck.claims._sec457 import (
     strictly_above,
     tcompare,
 )
-from gracheck.claims.tolerances import tol
+from gracheck.base.tolerances import tol
 
 DT = S.DTYPE
 
@@ -132,7 +132,7 @@ def _gap_symbolic(*, seed: int, candidate=None):
     """Route 1: the candidate in float64; route 2: sympy-exact GRAE − Taylor from the definitions of Eq. 13 and
     Eq. 7 (log-determinants of exact rational matrices, evaluated to 30 digits) at rational (J, Σ, β), shapes
     (D, d) ∈ {(1,1), (3,2), (2,3), (4,2)}, plus Σ = A⁻¹ exactly (gap 0)."""
-    from gracheck.claims._sec457 import sym_matrix_to_torch
+    from gracheck.theory.routes import sym_matrix_to_torch
 
     cand = candidate or _default_gap()
     meas, exp = [], []

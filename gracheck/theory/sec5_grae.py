@@ -15,9 +15,9 @@ import math
 import torch
 from torch import Tensor
 
-from gracheck.claims import strategies as S
-from gracheck.claims._registry import claim, result
-from gracheck.claims._sec457 import (
+from gracheck.theory import strategies as S
+from gracheck.base.evidence import claim, result
+from gracheck.theory.routes import (
     _one,
     MLP,
     CandidateError,
@@ -31,7 +31,7 @@ from gracheck.claims._sec457 import (
     strictly_above,
     tcompare,
 )
-from gracheck.claims.tolerances import tol
+from gracheck.base.tolerances import tol
 
 DT = S.DTYPE
 
@@ -275,7 +275,7 @@ def _eq14_symbolic(*, seed: int, candidate=None):
     sympy-exact right-hand side, and at orthogonal-column J the sympy-exact log det (equality case)."""
     import sympy as sp
 
-    from gracheck.claims._sec457 import sym_matrix_to_torch
+    from gracheck.theory.routes import sym_matrix_to_torch
 
     out = []
     a11, a22 = sp.symbols("a11 a22", positive=True)

@@ -65,7 +65,7 @@ class CheckResult:
     ``measured`` and ``expected`` are the two independent computations (or the
     statistic and its threshold for a trend or an inequality); ``abs_err`` and
     ``rel_err`` are the worst errors over everything compared; ``atol``/``rtol``
-    the tolerance it was held to (from :mod:`gracheck.claims.tolerances`).
+    the tolerance it was held to (from :mod:`gracheck.base.tolerances`).
     ``detail`` says what was compared and, for an erratum, the counterexample.
     ``sense`` is "within" when the check passes if the error stays within the
     tolerance, and "exceeds" when it passes if a discrepancy *exceeds* the
