@@ -36,7 +36,7 @@ import torch
 
 import gracheck as gc
 from gracheck.nets import MNISTDecoder, MNISTEncoder
-from gracheck.report._run import _git_commit
+from gracheck.base.files import git_commit
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -120,7 +120,7 @@ def main() -> None:
                     "batchnorm": "eval", "threads": args.threads, "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine()},
         "provenance": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "git_commit": _git_commit(), "command": " ".join(["python", *sys.argv])},
+                       "git_commit": git_commit(), "command": " ".join(["python", *sys.argv])},
         "step_seconds": dec_med,
         "step_ratio_to_plain": {k: v / dec_med["plain"] for k, v in dec_med.items()},
         "targets": {"grae_approx_k1": 2.5, "grae_full": 12.0},

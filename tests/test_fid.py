@@ -494,7 +494,7 @@ def test_inception_sha256_policy(weights_file, monkeypatch):
     assert fid.INCEPTION_SHA256.startswith(fid.INCEPTION_FILENAME.rsplit("-", 1)[1].split(".")[0])
     assert len(fid.INCEPTION_SHA256) == 64
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()  # hashed in one piece, not chunked
-    monkeypatch.setattr(fid.distance, "INCEPTION_SHA256", digest)
+    monkeypatch.setattr(fid.inception, "INCEPTION_SHA256", digest)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = load_inception(weights_file, check_sha256="error")
@@ -653,9 +653,9 @@ def test_mnist_feature_net_trains_and_caches(tmp_path, monkeypatch):
     x, _ = gd.mnist_images("test", limit=64)
     assert torch.equal(domain_features(net, x), domain_features(net2, x))
     # a damaged cache entry is not trusted: warning, then retrained (cheaply here: tiny budget)
-    path = fid.distance._cache_path("mnist", 0, 300, 128, None)
+    path = fid.domain._cache_path("mnist", 0, 300, 128, None)
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
-    small = fid.distance._cache_path("mnist", 0, 5, 32, 256)
+    small = fid.domain._cache_path("mnist", 0, 5, 32, 256)
     with _threads(1):
         fid.train_domain_features("mnist", seed=0, steps=5, batch_size=32, limit=256)
     small.write_bytes(small.read_bytes()[:100])

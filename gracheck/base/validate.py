@@ -74,3 +74,10 @@ def cholesky(name: str, A: Tensor, what: str) -> Tensor:
         n = int((info > 0).sum())
         raise ValueError(f"{name}: {what} is not positive definite ({n} of {info.numel()} matrices failed Cholesky)")
     return L
+
+
+def check_positive_int(name: str, v: Any) -> int:
+    """``v`` itself when it is an int ≥ 1 (bools refused); ValueError naming ``name`` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return v

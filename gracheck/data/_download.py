@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from os import PathLike
 from pathlib import Path
 from typing import Sequence
 
+from gracheck.base.files import atomic_open
 from gracheck.data import _paths, celeba, mnist
 
 MNIST_MIRRORS = (
@@ -40,27 +39,20 @@ def _url(base: str, name: str) -> str:
 
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float, log) -> None:
-    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its md5 is ``md5``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        h = hashlib.md5()
-        n = 0
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                h.update(chunk)
-                n += len(chunk)
-        if h.hexdigest() != md5:
+    """Stream ``url`` into ``dest`` atomically, keeping it only if its md5 is ``md5`` (nothing written otherwise)."""
+    h = hashlib.md5()
+    n = 0
+    with atomic_open(dest, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            h.update(chunk)
+            n += len(chunk)
+        if h.hexdigest() != md5:  # raising inside the block abandons the temporary file
             raise ValueError(
                 f"{url}: checksum mismatch: expected md5 {md5}, downloaded {n:,} bytes with md5 "
                 f"{h.hexdigest()}; nothing was written to {dest}"
             )
-        os.replace(tmp, dest)
-        log(f"  {dest}  ({n:,} bytes, md5 ok) <- {url}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    log(f"  {dest}  ({n:,} bytes, md5 ok) <- {url}")
 
 
 def _get(name: str, md5: str, sources: Sequence[str], folder: Path, timeout: float, log) -> Path:

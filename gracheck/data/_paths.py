@@ -22,12 +22,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Callable, Sequence
 
-import gracheck
+from gracheck.base.files import REPO_ROOT
 
 ENV_VAR = "GRACHECK_DATA"
 
-# The repository root is the folder that holds pyproject.toml: gracheck/__init__.py -> parents[1].
-REPO_ROOT = Path(gracheck.__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
@@ -79,29 +77,6 @@ def find_dataset_dir(
     if hint:
         msg += "\n" + hint
     raise FileNotFoundError(msg)
-
-
-def data_root(root: str | PathLike | None = None) -> Path:
-    """The first location in search order that holds any known data set (see the module doc).
-
-    Loaders do their own per-data-set search (a location qualifies for MNIST only if it holds
-    the MNIST files, and so on); this is the coarse answer to "where is my data".
-    Raises FileNotFoundError, listing every place searched, when none holds anything.
-    """
-    from gracheck.data import celeba, mnist  # local import: the loaders import this module
-
-    searched = []
-    for label, loc in candidate_roots(root):
-        for sub in ("mnist", "celeba", ""):
-            d = loc / sub if sub else loc
-            if mnist._has_mnist(d, "train") or mnist._has_mnist(d, "test") or celeba._has_celeba(d):
-                return loc
-        searched.append(f"  {loc}  ({label})")
-    raise FileNotFoundError(
-        "no gracheck data found (neither MNIST nor CelebA) in any of these places "
-        "(searched in this order):\n" + "\n".join(searched)
-        + f"\nPass root=..., set ${ENV_VAR}, or run `python -m gracheck.data --download mnist`."
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def _has_archive(d: Path) -> Path | None:
     return None
 
 
-def _has_celeba(d: Path) -> bool:
+def has_celeba(d: Path) -> bool:
+    """True when folder ``d`` holds the CelebA split file and an image archive (zip or unpacked folder)."""
     return (d / SPLIT_FILE).is_file() and _has_archive(d) is not None
 
 
@@ -87,7 +88,7 @@ def find_celeba(root: str | PathLike | None = None) -> tuple[Path, Path]:
     """(image archive, split file) from the first location in search order holding both."""
     d = _paths.find_dataset_dir(
         SUBDIRS,
-        _has_celeba,
+        has_celeba,
         root,
         "CelebA",
         [SPLIT_FILE + " and one of " + " / ".join(ARCHIVES)],

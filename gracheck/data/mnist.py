@@ -47,7 +47,8 @@ def _check_split(split: str) -> str:
     return split
 
 
-def _has_mnist(d: Path, split: str) -> bool:
+def has_mnist(d: Path, split: str) -> bool:
+    """True when folder ``d`` holds both MNIST files of ``split``."""
     return all((d / f).is_file() for f in FILES[split])
 
 
@@ -56,7 +57,7 @@ def find_mnist(split: str = "train", root: str | PathLike | None = None) -> Path
     _check_split(split)
     return _paths.find_dataset_dir(
         SUBDIRS,
-        lambda d: _has_mnist(d, split),
+        lambda d: has_mnist(d, split),
         root,
         f"MNIST {split}",
         FILES[split],

@@ -27,12 +27,12 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, entry_lock
 
 SCALES = ("smoke", "paper")
 
@@ -108,13 +108,6 @@ def load_module(claim_id: str):
     return importlib.import_module(EXPERIMENT_MODULES[claim_id])
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("GRACHECK_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gracheck"
-
-
 def _key(claim_id: str, cfg: dict[str, Any], seed: int, device: str) -> str:
     from gracheck import __version__
 
@@ -149,24 +142,27 @@ def run_experiment(
     key_cfg = cfg if extra is None else {"config": cfg, "inputs": extra}
     entry = cache_dir() / "experiments" / f"{claim_id}-{scale}-{_key(claim_id, key_cfg, seed, device)}"
     out = Path(out_dir) if out_dir is not None else entry / "figures"
-    cached = entry / "result.json"
-    if use_cache and cached.is_file():
-        try:
-            res = ExperimentResult.from_dict(json.loads(cached.read_text()))
-        except (ValueError, TypeError, KeyError):
-            res = None  # a corrupt cache entry is recomputed, never trusted
-        if res is not None and all((entry / "figures" / Path(f).name).is_file() for f in res.figures):
-            out.mkdir(parents=True, exist_ok=True)
-            figs = []
-            for f in res.figures:
-                src = entry / "figures" / Path(f).name
-                dst = out / src.name
-                if src.resolve() != dst.resolve():
-                    shutil.copyfile(src, dst)
-                figs.append(str(dst))
-            res.figures = figs
-            res.notes = [*res.notes, f"loaded from cache {entry}"]
+    if not use_cache:
+        return _run(mod, config, seed=seed, device=device, out=out, progress=progress)
+    res = _load_entry(entry, out)
+    if res is not None:
+        return res
+    # one process computes an entry; a second one sharing $GRACHECK_CACHE waits here, then loads it
+    with entry_lock(entry, on_wait=progress):
+        res = _load_entry(entry, out)
+        if res is not None:
             return res
+        res = _run(mod, config, seed=seed, device=device, out=out, progress=progress)
+        for f in res.figures:
+            src = Path(f)
+            dst = entry / "figures" / src.name
+            if src.resolve() != dst.resolve():
+                atomic_copy(src, dst)
+        atomic_write_text(entry / "result.json", json.dumps(res.to_dict(), indent=1))
+    return res
+
+
+def _run(mod, config, *, seed: int, device: str, out: Path, progress) -> ExperimentResult:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
@@ -174,14 +170,30 @@ def run_experiment(
         res.created = now_utc()
     if not res.seconds:
         res.seconds = time.perf_counter() - t0
-    if use_cache:
-        (entry / "figures").mkdir(parents=True, exist_ok=True)
-        for f in res.figures:
-            src = Path(f)
-            dst = entry / "figures" / src.name
-            if src.resolve() != dst.resolve():
-                shutil.copyfile(src, dst)
-        atomic_write_text(cached, json.dumps(res.to_dict(), indent=1))
+    return res
+
+
+def _load_entry(entry: Path, out: Path) -> ExperimentResult | None:
+    """The cached result of ``entry`` with its figures copied (atomically) into ``out``; None if absent or damaged."""
+    cached = entry / "result.json"
+    if not cached.is_file():
+        return None
+    try:
+        res = ExperimentResult.from_dict(json.loads(cached.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None  # a corrupt cache entry is recomputed, never trusted
+    if not all((entry / "figures" / Path(f).name).is_file() for f in res.figures):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    figs = []
+    for f in res.figures:
+        src = entry / "figures" / Path(f).name
+        dst = out / src.name
+        if src.resolve() != dst.resolve():
+            atomic_copy(src, dst)
+        figs.append(str(dst))
+    res.figures = figs
+    res.notes = [*res.notes, f"loaded from cache {entry}"]
     return res
 
 
@@ -210,20 +222,3 @@ def scale_of(configs: dict[str, Any], config: Any) -> str:
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -3,7 +3,8 @@
 Several empirical claims evaluate the same kind of trained network (e.g. MNIST β-VAEs at
 d = 12 across β). :func:`trained` trains a :class:`~gracheck.train.TrainConfig` once into
 ``cache_dir()/models/<hash>`` (resuming a partial run; checkpoints are atomic) and loads it
-afterwards, so the report, ``pytest verification/`` and the other experiments reuse it.
+afterwards, so the report, ``pytest verification/`` and the other experiments reuse it. A lock per
+entry (:func:`gracheck.base.files.entry_lock`) makes a second process wait for the first one's training.
 The key is the whole config plus gracheck's version: any change retrains.
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from gracheck.experiments._common import cache_dir
+from gracheck.base.files import cache_dir, entry_lock
 
 
 def model_dir(config) -> Path:
@@ -32,9 +33,12 @@ def trained(config, *, progress: bool = False):
     out = model_dir(config)
     done = out / "result.json"
     if not done.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        train(config, out, resume=True, progress=progress)
-        slim_checkpoint(out)  # cached models are only evaluated: keep the weights, not Adam's moments
+        # two processes sharing the cache must not both train this model: the second waits, then loads it
+        with entry_lock(out):
+            if not done.is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                train(config, out, resume=True, progress=progress)
+                slim_checkpoint(out)  # cached models are only evaluated: keep the weights, not Adam's moments
     model, cfg, step = load_checkpoint(out)
     if cfg.to_dict() != config.to_dict():
         raise RuntimeError(f"model cache {out} holds a different config; delete the folder to retrain")
