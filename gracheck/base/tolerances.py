@@ -1,21 +1,53 @@
-"""Every tolerance used by a check, in one table, each with its reason.
+"""Every tolerance used by a check, in one table, each with its reason and its kind.
 
 Checks look tolerances up by name with :func:`tol`; nothing else in gracheck
 hard-codes an atol/rtol for a claim. A tolerance states *why* the two routes
 being compared may differ by that much (float64 rounding accumulated over a
 stated number of operations, Monte Carlo standard error, a fitted trend's slack).
+
+What a number means is in its type, not in a convention:
+
+* :class:`ErrorBound`: ``atol`` an absolute error (in the compared quantity's units) and ``rtol`` a
+  relative error; two values agree iff |m − e| ≤ atol + rtol·|e| (or a refutation/control must
+  *exceed* that);
+* :class:`StandardErrors`: ``k``, a multiple of a Monte Carlo standard error (|z| ≤ k agrees;
+  |z| > k refutes);
+* :class:`SignificanceLevel`: ``alpha``, the level of a hypothesis test (a p-value ≥ alpha passes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeVar
 
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
+    """A named allowance and why it is that size; the subclass says what its number means."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorBound(Tolerance):
+    """|m − e| ≤ ``atol`` + ``rtol``·|e|: ``atol`` an absolute error, ``rtol`` a relative error."""
+
     atol: float
     rtol: float
-    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardErrors(Tolerance):
+    """|m − e| ≤ ``k`` standard errors of the Monte Carlo mean m (a refutation needs more than k)."""
+
+    k: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SignificanceLevel(Tolerance):
+    """A hypothesis test at level ``alpha``: a true null fails with probability ``alpha``."""
+
+    alpha: float
 
 
 TOLERANCES: dict[str, Tolerance] = {
@@ -24,27 +56,27 @@ TOLERANCES: dict[str, Tolerance] = {
     # each costs O(d^3) flops on O(1)-conditioned inputs, so rounding stays near
     # 1e-13 relative; 1e-9 leaves four orders of margin and still catches any
     # formula error, which shows up at O(1e-2) or more.
-    "float64-exact": Tolerance(
+    "float64-exact": ErrorBound(
         atol=1e-10,
         rtol=1e-9,
         reason="two float64 routes to the same value; rounding ~1e-13, any formula error is O(1e-2)",
     ),
     # float32 routes (library code in training precision) against float64 references.
-    "float32-vs-float64": Tolerance(
+    "float32-vs-float64": ErrorBound(
         atol=1e-4,
         rtol=1e-4,
         reason="float32 has 6e-8 unit roundoff; O(d^2) accumulated ops on O(1) values stay below 1e-5",
     ),
     # Symbolic identities are simplified to exactly zero by sympy; numerical
     # evaluation of the residual at random rational points is exact up to this.
-    "symbolic": Tolerance(
+    "symbolic": ErrorBound(
         atol=1e-12,
         rtol=0.0,
         reason="sympy residuals are exact; evaluated in float64 at sample points they round at ~1e-15",
     ),
     # Finite differences (central, step h = 1e-5 in float64) have truncation
     # error O(h^2 * f''') ~ 1e-10 and rounding O(eps/h) ~ 1e-11 per entry.
-    "finite-difference": Tolerance(
+    "finite-difference": ErrorBound(
         atol=1e-6,
         rtol=1e-6,
         reason="central differences with h=1e-5 in float64: truncation ~h^2, rounding ~eps/h",
@@ -57,7 +89,7 @@ TOLERANCES: dict[str, Tolerance] = {
     # to 1e-15); 64² Gauss–Hermite nodes were off by 5e-11, 96² agree with the grids to ≤ 1e-13.
     # 1e-9 leaves margin; the effects the checks must see (|log det J_r| ~ 5e-2, a missing Jacobian
     # ~ 1e-3) are ≥ 1e6 times larger.
-    "sec3-grid-quadrature": Tolerance(
+    "sec3-grid-quadrature": ErrorBound(
         atol=1e-9,
         rtol=1e-9,
         reason="2-D midpoint sums of analytic, edge-negligible integrands vs Gauss–Hermite: measured ≤ 1e-13; effects sought ≥ 1e-3",
@@ -65,13 +97,13 @@ TOLERANCES: dict[str, Tolerance] = {
     # The App. A transform chains ndtri, log_ndtr, exp and a rotation; ndtri's relative error grows as
     # ~eps/min(u, 1−u) in the tails, ≲ 1e-11 for the ≤ 1000 prior samples per check (min(u, 1−u) ≳ 1e-5).
     # Measured: ≤ 4e-15 on log densities.
-    "sec3-appA-autograd": Tolerance(
+    "sec3-appA-autograd": ErrorBound(
         atol=1e-9,
         rtol=1e-9,
         reason="float64 ndtri/log_ndtr chains on prior samples: tail loss ≲ 1e-11, measured ≤ 4e-15; a wrong Jacobian is ≥ 1e-3 off",
     ),
     # 40-digit mpmath evaluation of sympy expressions: residuals ~1e-38 before conversion to float64.
-    "sec3-mpmath": Tolerance(
+    "sec3-mpmath": ErrorBound(
         atol=1e-14,
         rtol=0.0,
         reason="40-digit evaluation, then one float64 rounding (≤ 1.1e-16 relative on O(1) values)",
@@ -79,21 +111,19 @@ TOLERANCES: dict[str, Tolerance] = {
     # An erratum is refuted only by a discrepancy far above rounding: exact/float64 routes here
     # round at ≤ 1e-12, and the printed statements miss by ≥ 1e-3 (smallest: 1.9e-3, det J_r at 40
     # digits). Also the floor for quantities that must be non-zero in every case (controls).
-    "sec3-refute-floor": Tolerance(
+    "sec3-refute-floor": ErrorBound(
         atol=1e-6,
         rtol=0.0,
         reason="a printed equality counts as false only if it misses by > 1e-6, ≥ 1e6 × the float64 rounding of these routes",
     ),
     # A Monte Carlo refutation: the printed value must be more than 10 standard errors away.
-    "sec3-refute-se": Tolerance(
-        atol=10.0,
-        rtol=0.0,
+    "sec3-refute-se": StandardErrors(
+        k=10.0,
         reason="|z| > 10 s.e.: a true statement is declared false with probability < 1e-22 (CLT-normal mean, N ≥ 1e5)",
     ),
     # Kolmogorov–Smirnov p-values of samples that follow the null: each is uniform on (0, 1).
-    "sec3-ks-level": Tolerance(
-        atol=1e-4,
-        rtol=0.0,
+    "sec3-ks-level": SignificanceLevel(
+        alpha=1e-4,
         reason="KS p-value ≥ 1e-4 per coordinate: a true null fails with probability 1e-4 per test (6 tests: 6e-4; seeded, so fixed)",
     ),
     # ---- Sec. 4 / 5 / 7 families (sec4_taylor.py, sec5_grae.py, sec7_gap.py) ----
@@ -101,20 +131,20 @@ TOLERANCES: dict[str, Tolerance] = {
     # independent float64 route on inputs with condition number ≤ 1e3: rounding
     # stays below 1e-12 relative, so 1e-9 catches a Σ scaled by (1 + 1e-3), a
     # bound loosened by 1e-3 and a float32 implementation (error ~1e-7).
-    "candidate-float64": Tolerance(
+    "candidate-float64": ErrorBound(
         atol=1e-10,
         rtol=1e-9,
         reason="float64 routes on cond ≤ 1e3 inputs round at ≲1e-12; the subtlest wrong formula is off by ≥1e-6",
     ),
     # An inequality a ≥ b checked in float64: a − b may come out as −(rounding).
-    "inequality-rounding": Tolerance(
+    "inequality-rounding": ErrorBound(
         atol=1e-10,
         rtol=1e-12,
         reason="a ≥ b may read a − b ≈ −1e-13 after float64 rounding; a real violation is ≥ 1e-6",
     ),
     # Strict inequality: the measured margin must be at least half the margin an
     # independent route predicts (margins in the test cases are ≥ 1e-3).
-    "strict-margin-fraction": Tolerance(
+    "strict-margin-fraction": ErrorBound(
         atol=0.0,
         rtol=0.5,
         reason="a strict inequality must hold by ≥ 50% of the independently computed margin (≥1e-3 here)",
@@ -122,51 +152,50 @@ TOLERANCES: dict[str, Tolerance] = {
     # Maximising Eq. 7/8 over Σ = LLᵀ with LBFGS (strong Wolfe, float64) stops at a
     # gradient norm ~1e-11: the optimal *value* is then off by ~|grad|²/curvature
     # ≪ 1e-12, the *maximiser* by ~|grad|/curvature ~ 1e-9 (curvature ≥ 1e-2 here).
-    "optimiser-value": Tolerance(
+    "optimiser-value": ErrorBound(
         atol=1e-9,
         rtol=1e-9,
         reason="LBFGS maximum of a smooth strictly concave function: value error ~|grad|² ≪ 1e-12",
     ),
-    "optimiser-argmax": Tolerance(
+    "optimiser-argmax": ErrorBound(
         atol=1e-6,
         rtol=1e-6,
         reason="LBFGS maximiser: error ~|grad|/curvature ≲ 1e-9 at gradient norm 1e-11, curvature ≥ 1e-2",
     ),
     # Exact Gauss–Hermite quadrature (degree ≤ 2n−1 exact) of a quadratic vs the closed form,
     # and high-order quadrature of a smooth network's log-likelihood (n = 24 nodes per dim).
-    "quadrature": Tolerance(
+    "quadrature": ErrorBound(
         atol=1e-11,
         rtol=1e-10,
         reason="Gauss–Hermite sums of ≤ 600 float64 terms of size O(10): rounding ≲ 1e-13",
     ),
-    # Monte Carlo mean vs exact expectation: pass iff |mean − E| ≤ 5 standard errors.
-    # atol here is the number of standard errors (the CheckResult stores 5·s.e.).
-    "montecarlo-5se": Tolerance(
-        atol=5.0,
-        rtol=0.0,
+    # Monte Carlo mean vs exact expectation: pass iff |mean − E| ≤ 5 standard errors
+    # (the CheckResult stores 5·s.e. as its absolute allowance).
+    "montecarlo-5se": StandardErrors(
+        k=5.0,
         reason="|z| ≤ 5 standard errors: false-fail probability < 6e-7 for a CLT-normal mean (N ≥ 4000)",
     ),
     # Fitted log-log slopes (diffrax-style order checks).
-    "rate-slope": Tolerance(
+    "rate-slope": ErrorBound(
         atol=0.15,
         rtol=0.0,
         reason="least-squares slope over ≥ 6 points in the asymptotic range; higher-order terms bias it by ≲ 0.05",
     ),
     # Geometric rate of the log1p matrix series: slope of log|Rₙ|(n+1) in n vs log(s_max²/β).
-    "series-rate": Tolerance(
+    "series-rate": ErrorBound(
         atol=0.02,
         rtol=0.0,
         reason="log|Rₙ|+log(n+1) = n log r + O(1) + O((r₂/r)ⁿ); fitted over n ∈ [20, 60] the slope error is ≲ 0.01",
     ),
     # An erratum's printed formula is "shown false" when it misses the true value by
     # more than this: far above float64 rounding (1e-13) and optimiser error (1e-9).
-    "erratum-separation": Tolerance(
+    "erratum-separation": ErrorBound(
         atol=1e-6,
         rtol=1e-6,
         reason="a printed formula counts as refuted only if it misses by > 1e-6 + 1e-6·|true|, 1e3× above rounding/optimiser error",
     ),
     # A negative control must be measurably non-zero: relative residual above this floor.
-    "negative-control": Tolerance(
+    "negative-control": ErrorBound(
         atol=1e-4,
         rtol=0.0,
         reason="a genuinely non-zero effect is ≥ 1e-2 relative; float64 rounding is ≤ 1e-13, so 1e-4 separates them",
@@ -174,9 +203,19 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def tol(name: str) -> Tolerance:
-    """The tolerance registered under ``name`` (KeyError naming the known ones otherwise)."""
+T = TypeVar("T", bound=Tolerance)
+
+
+def tol(name: str, kind: type[T] = Tolerance) -> T:  # type: ignore[assignment]
+    """The tolerance registered under ``name`` (KeyError naming the known ones otherwise).
+
+    ``kind``: the type the caller needs (e.g. :class:`ErrorBound` for a comparison); a tolerance of
+    another kind raises TypeError, so a multiple of a standard error is never read as an absolute error.
+    """
     try:
-        return TOLERANCES[name]
+        t = TOLERANCES[name]
     except KeyError:
         raise KeyError(f"name: no tolerance {name!r}; known: {sorted(TOLERANCES)}") from None
+    if not isinstance(t, kind):
+        raise TypeError(f"name: tolerance {name!r} is a {type(t).__name__}, not a {kind.__name__}")
+    return t  # type: ignore[return-value]

@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.base.evidence import CheckResult, claim, compare, result
+from gracheck.base.evidence import CheckResult, claim, compare, result, tcompare
+from gracheck.base.text import fmt
+from gracheck.theory.routes import gauss_hermite_2d, mc_agrees, mc_refutes, mean_se, min_above_floor, refutes
 from gracheck.theory.strategies import DTYPE, generator, normal, orthogonal, uniform
-from gracheck.base.tolerances import tol
+from gracheck.base.tolerances import SignificanceLevel, StandardErrors, tol
 
 LOG2PI = math.log(2 * math.pi)
 THETA_30 = math.pi / 6  # the fixed 30° rotation of the concrete counterexamples
@@ -258,103 +260,6 @@ def grid2(lo: tuple[float, float], hi: tuple[float, float], n: int) -> tuple[Ten
     return torch.stack([A.reshape(-1), B.reshape(-1)], -1), h0 * h1
 
 
-def gauss_hermite_2d(m: Tensor, s: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Tensor-product Gauss–Hermite nodes ``[n², 2]`` and weights ``[n²]`` for N(m, diag(s²)) in 2-D."""
-    x, w = np.polynomial.hermite_e.hermegauss(n)
-    w = w / math.sqrt(2 * math.pi)
-    X0, X1 = np.meshgrid(x, x, indexing="ij")
-    W = np.outer(w, w).reshape(-1)
-    nodes = torch.tensor(np.stack([X0.reshape(-1), X1.reshape(-1)], -1), dtype=DTYPE)
-    return m + s * nodes, torch.tensor(W, dtype=DTYPE)
-
-
-def mean_se(v: Tensor) -> tuple[float, float]:
-    """Sample mean and its standard error."""
-    v = v.reshape(-1)
-    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(v.numel()))
-
-
-def fmt(v: Any, digits: int = 6) -> str:
-    if isinstance(v, Tensor):
-        v = v.detach().tolist()
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(fmt(x, digits) for x in v) + "]"
-    return str(v)
-
-
-# ---------------------------------------------------------------- evidence builders
-
-
-def tcompare(cid: str, method: str, measured: Any, expected: Any, tol_name: str, detail: str, seed: int) -> CheckResult:
-    """:func:`compare` with a named tolerance (recorded in ``detail``)."""
-    t = tol(tol_name)
-    return compare(cid, method, measured, expected, atol=t.atol, rtol=t.rtol, detail=f"{detail} [tolerance {tol_name!r}]", seed=seed)
-
-
-def mc_agrees(cid: str, method: str, samples: Tensor, exact: float, detail: str, seed: int) -> CheckResult:
-    """Monte Carlo mean of ``samples`` against an exact expectation: pass iff |mean − exact| ≤ k·s.e.
-
-    k from tolerance ``montecarlo-5se``; the stored atol is k·s.e. (in the units of the mean).
-    """
-    k = tol("montecarlo-5se").atol
-    mean, se = mean_se(samples)
-    err = abs(mean - exact)
-    return result(
-        cid, method, passed=bool(math.isfinite(mean) and err <= k * se), measured=mean, expected=exact,
-        abs_err=err, rel_err=err / abs(exact) if exact else None, atol=k * se, rtol=0.0,
-        detail=f"{detail}; Monte Carlo mean {mean:.6g} ± {se:.3g} (s.e., N={samples.numel()}), z = {err / se:.2f} "
-        f"[tolerance 'montecarlo-5se': pass iff |z| ≤ {k:g}]",
-        seed=seed,
-    )
-
-
-def mc_refutes(cid: str, method: str, samples: Tensor, printed: float, detail: str, seed: int) -> CheckResult:
-    """Evidence that a printed value is false: pass iff the MC mean differs from it by > k·s.e.
-
-    k from tolerance ``sec3-refute-se``; ``atol`` stores k·s.e., the discrepancy must exceed it.
-    """
-    k = tol("sec3-refute-se").atol
-    mean, se = mean_se(samples)
-    err = abs(mean - printed)
-    return result(
-        cid, method, passed=bool(math.isfinite(mean) and err > k * se), measured=mean, expected=printed,
-        abs_err=err, rel_err=err / abs(printed) if printed else None, atol=k * se, rtol=0.0,
-        detail=f"REFUTATION (passes when the discrepancy EXCEEDS atol): {detail}; Monte Carlo mean {mean:.6g} ± "
-        f"{se:.3g} (s.e., N={samples.numel()}) vs the printed value {printed:.6g}: z = {err / se:.1f} "
-        f"[tolerance 'sec3-refute-se': refuted iff |z| > {k:g}]",
-        seed=seed, sense="exceeds",
-    )
-
-
-def refutes(cid: str, method: str, measured: Any, printed: Any, detail: str, seed: int) -> CheckResult:
-    """Evidence that a printed equality is false: pass iff the worst |measured − printed| exceeds the floor.
-
-    Floor from tolerance ``sec3-refute-floor`` (rounding in these float64/40-digit routes is ≤ 1e-12).
-    """
-    t = tol("sec3-refute-floor")
-    m = np.asarray(measured.detach() if isinstance(measured, Tensor) else measured, dtype=np.float64).reshape(-1)
-    e = np.asarray(printed.detach() if isinstance(printed, Tensor) else printed, dtype=np.float64).reshape(-1)
-    e = np.broadcast_to(e, m.shape)
-    diff = np.abs(m - e)
-    i = int(np.argmax(diff))
-    return result(
-        cid, method, passed=bool(np.all(np.isfinite(m)) and diff[i] > t.atol), measured=float(m[i]), expected=float(e[i]),
-        abs_err=float(diff[i]), rel_err=float(diff[i] / max(abs(e[i]), 1e-300)), atol=t.atol, rtol=0.0,
-        detail=f"REFUTATION (passes when the discrepancy EXCEEDS atol): {detail} [tolerance 'sec3-refute-floor']",
-        seed=seed, sense="exceeds",
-    )
-
-
-def _min_above_floor(cid: str, meth: str, v: Tensor, detail: str, seed: int) -> CheckResult:
-    """Pass iff min(v) exceeds the refutation floor (a quantity that must be non-zero in every case)."""
-    t = tol("sec3-refute-floor")
-    mn = float(v.min())
-    return result(cid, meth, passed=mn > t.atol, measured=mn, expected=f"> {t.atol:g}", abs_err=mn, atol=t.atol, rtol=0.0,
-                  detail=f"{detail} (smallest of {v.numel()} shown; passes when it EXCEEDS atol) [tolerance 'sec3-refute-floor']",
-                  seed=seed, sense="exceeds")
-
 
 # ====================================================================== Eq. 1
 
@@ -429,7 +334,7 @@ def _eq1_closed_form(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
                  f"control: the other direction R#p_(z|x) misses by {fmt(wrong, 3)} (d = 2, 3, 5)", seed),
         tcompare(cid, meth, torch.cat(pts_m), torch.cat(pts_e), "float64-exact",
                  "pointwise log p'(z|x) vs log p(Rz|x) at 6 random z per model (|det R| = 1, Eq. 1 as printed)", seed),
-        _min_above_floor(cid, meth, torch.tensor(wrong, dtype=DTYPE),
+        min_above_floor(cid, meth, torch.tensor(wrong, dtype=DTYPE),
                          "control on the direction: r#p_(z|x) = N(Rm, RSRᵀ) differs from the transformed posterior", seed),
     ]
 
@@ -550,7 +455,7 @@ def _thm1_closed_form(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
         tcompare(cid, meth, lhs_t, rhs_t, "float64-exact",
                  "L(q, p_r) (decoder A R, mean-field KL) vs L(r#q, p) (full-covariance r#q, gaussian_kl) over d ∈ {2,3,5}, "
                  "β ∈ {0.21, 3.7, 40}", seed),
-        _min_above_floor(cid, meth, (wrong_t - lhs_t).abs(),
+        min_above_floor(cid, meth, (wrong_t - lhs_t).abs(),
                          "control on the direction of the pushforward: |L(r⁻¹#q, p) − L(q, p_r)| > 0 in every case "
                          "(Eq. 15 needs r#q, not r⁻¹#q)", seed),
     ]
@@ -765,7 +670,7 @@ def _rot_property(*, seed: int, candidate=None, n_cases: int = 40, **kw) -> list
                  "unequal variances: signed permutations keep the covariance diagonal", seed),
         tcompare(cid, meth, col("givens_offdiag"), col("givens_pred"), "float64-exact",
                  "unequal variances: the 45° rotation in the plane (i, j) gives off-diagonal (s_i − s_j)/2 ≠ 0", seed),
-        _min_above_floor(cid, meth, col("haar_offdiag"),
+        min_above_floor(cid, meth, col("haar_offdiag"),
                          "unequal variances: Haar-random R makes the covariance non-diagonal in every case", seed),
     ]
 
@@ -886,7 +791,7 @@ def _ppca_closed_form(*, seed: int, candidate=None, n_cases: int = 8, **kw) -> l
                  "orthogonal columns: posterior variances vs σ²/(n_i² + σ²)", seed),
         tcompare(cid, meth, cat("distinct_V_cov"), cat("distinct_V_pred"), "float64-exact",
                  "distinct norms, AV: posterior covariance vs Vᵀ diag(σ²/(n_i²+σ²)) V", seed),
-        _min_above_floor(cid, meth, torch.tensor(np.concatenate([cat("generic_offdiag"), cat("distinct_V_offdiag")])),
+        min_above_floor(cid, meth, torch.tensor(np.concatenate([cat("generic_offdiag"), cat("distinct_V_offdiag")])),
                          "the converse directions: generic A, and distinct norms under Haar V, give non-factorised posteriors", seed),
     ]
 
@@ -934,7 +839,7 @@ def _ppca_montecarlo(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
     mean = prods.mean(0)
     se = prods.std(0) / math.sqrt(N)
     zs = ((mean - C[iu[0], iu[1]]) / se).abs()
-    k = tol("montecarlo-5se").atol
+    k = tol("montecarlo-5se", StandardErrors).k
     worst = int(zs.argmax())
     return [result(cid, meth, passed=bool(zs.max() <= k), measured=float(mean[worst]), expected=float(C[iu[0], iu[1]][worst]),
                    abs_err=float((mean - C[iu[0], iu[1]]).abs()[worst]), atol=float(k * se[worst]), rtol=0.0, seed=seed,
@@ -1006,7 +911,7 @@ def _appA_montecarlo(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
         out.append(mc_agrees(cid, meth, (u[:, 0] * u[:, 1]) ** 2, 1 / 144, f"{name}: E[(u1 − ½)²(u2 − ½)²] (independence)", seed))
         for i in range(2):
             ks_p.append(float(kstest(w[:20_000, i].numpy(), lambda t: m_.cdf(torch.as_tensor(t, dtype=DTYPE)).numpy()).pvalue))
-    lvl = tol("sec3-ks-level").atol
+    lvl = tol("sec3-ks-level", SignificanceLevel).alpha
     out.append(result(cid, meth, passed=min(ks_p) >= lvl, measured=min(ks_p), expected=f"≥ {lvl:g}",
                       abs_err=max(0.0, lvl - min(ks_p)), atol=lvl, rtol=0.0, seed=seed,
                       detail=f"Kolmogorov–Smirnov p-values of each coordinate of r(z) against Fᵢ (20k samples): {fmt(ks_p, 3)}; "

@@ -20,24 +20,23 @@ import math
 import torch
 from torch import Tensor
 
+from gracheck.base.evidence import claim, result, tcompare
+from gracheck.base.text import fmt
+from gracheck.base.tolerances import tol
 from gracheck.theory import strategies as S
-from gracheck.base.evidence import claim, result
 from gracheck.theory.routes import (
-    MLP,
     CandidateError,
-    _rationals,
+    MLP,
     at_least,
-    negative_definite,
     call_candidate,
     candidate_failed,
     eq8_cov_terms,
-    fmt,
     gauss_hermite_expectation,
     maximise_over_cov,
+    negative_definite,
+    rationals,
     slope_result,
-    tcompare,
 )
-from gracheck.base.tolerances import tol
 
 DT = S.DTYPE
 
@@ -265,9 +264,9 @@ def _eq6_symbolic(*, seed: int, candidate=None):
                       f"piecewise-linear net) is substituted (sympy); negative control g₁ = z₁²z₂ non-zero: {control != sp.zeros(2, 2)}",
                       seed=seed))
     gen = S.generator(seed)
-    W1 = sp.Matrix(3, 2, _rationals(gen, 6))
-    b1 = sp.Matrix(3, 1, _rationals(gen, 3))
-    W2 = sp.Matrix(2, 3, _rationals(gen, 6))
+    W1 = sp.Matrix(3, 2, rationals(gen, 6))
+    b1 = sp.Matrix(3, 1, rationals(gen, 3))
+    W2 = sp.Matrix(2, 3, rationals(gen, 6))
     xs = [1, 0]
     pre = W1 * sp.Matrix([z1, z2]) + b1
     g = W2 * pre.applyfunc(lambda t: sp.Max(0, t))
@@ -277,7 +276,7 @@ def _eq6_symbolic(*, seed: int, candidate=None):
     worst = 0.0
     npts = 0
     for _ in range(5):
-        pt = dict(zip((z1, z2), _rationals(gen, 2, -5, 5, 3)))
+        pt = dict(zip((z1, z2), rationals(gen, 2, -5, 5, 3)))
         if any(v == 0 for v in pre.subs(pt)):
             continue  # on a kink (measure zero): skip
         npts += 1
@@ -477,7 +476,7 @@ def _eq9_symbolic_cases(seed: int):
     for d in (1, 2, 2, 2, 1):
         beta = sp.Rational(int(torch.randint(1, 40, (1,), generator=gen)), 8)
         while True:
-            vals = _rationals(gen, d * (d + 1) // 2, -12, 6, 4)
+            vals = rationals(gen, d * (d + 1) // 2, -12, 6, 4)
             H = sp.zeros(d, d)
             k = 0
             for i in range(d):
@@ -721,8 +720,8 @@ def _eq11_symbolic(*, seed: int, candidate=None):
                       abs_err=0.0 if ok1 else float("inf"), atol=tol("symbolic").atol,
                       detail="d = 1, D = 2, generic J, H_p = diag(−w): stationary point of Eq. 7 in σ (sympy solve)", seed=seed))
     gen = S.generator(seed + 11)
-    Jr = sp.Matrix(3, 2, _rationals(gen, 6))
-    w = [abs(r) + 1 for r in _rationals(gen, 3)]
+    Jr = sp.Matrix(3, 2, rationals(gen, 6))
+    w = [abs(r) + 1 for r in rationals(gen, 3)]
     b = sp.Rational(int(torch.randint(1, 30, (1,), generator=gen)), 7)
     Hr = Jr.T * sp.diag(*[-x for x in w]) * Jr
     s = sp.symbols("s0:3")

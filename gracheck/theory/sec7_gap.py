@@ -18,22 +18,21 @@ import math
 import torch
 from torch import Tensor
 
+from gracheck.base.evidence import claim, result, tcompare
+from gracheck.base.text import fmt
+from gracheck.base.tolerances import tol
 from gracheck.theory import strategies as S
-from gracheck.base.evidence import claim, result
 from gracheck.theory.routes import (
-    _one,
-    MLP,
     CandidateError,
-    _rationals,
+    MLP,
+    as_batch,
     at_least,
     call_candidate,
     candidate_failed,
-    fmt,
+    rationals,
     slope_result,
     strictly_above,
-    tcompare,
 )
-from gracheck.base.tolerances import tol
 
 DT = S.DTYPE
 
@@ -112,8 +111,8 @@ def _gap_symbolic_cases(seed: int):
     gen = S.generator(seed + 7)
     cases = []
     for D, d in ((1, 1), (3, 2), (2, 3), (4, 2)):
-        J = sp.Matrix(D, d, _rationals(gen, D * d, -6, 6, 3))
-        L = sp.Matrix(d, d, lambda i, j: (abs(_rationals(gen, 1, 1, 5, 3)[0]) if i == j else (_rationals(gen, 1, -3, 3, 4)[0] if i > j else 0)))
+        J = sp.Matrix(D, d, rationals(gen, D * d, -6, 6, 3))
+        L = sp.Matrix(d, d, lambda i, j: (abs(rationals(gen, 1, 1, 5, 3)[0]) if i == j else (rationals(gen, 1, -3, 3, 4)[0] if i > j else 0)))
         Sig = L * L.T
         beta = sp.Rational(int(torch.randint(1, 60, (1,), generator=gen)), 13)
         # Eq. 13 (max form) minus Eq. 7; log p(x|h) and β/2‖h‖² cancel; H_p = −I.
@@ -335,8 +334,8 @@ def _erratum_gap_autograd(*, seed: int, candidate=None):
             h = S.normal(gen, d)
             x = net(h) + 0.5 * S.normal(gen, D)
             Sig = S.spd(gen, d, low=0.05, high=1.0)
-            gap = (grae_objective(_one(x), net, _one(h), beta, GaussianObs())
-                   - taylor_objective(_one(x), net, _one(h), _one(Sig), beta, GaussianObs()))[0]
+            gap = (grae_objective(as_batch(x), net, as_batch(h), beta, GaussianObs())
+                   - taylor_objective(as_batch(x), net, as_batch(h), as_batch(Sig), beta, GaussianObs()))[0]
             J = torch.func.jacrev(net)(h)
             lib.append(gap)
             cor.append(_corrected_gap(J, Sig, beta))
