@@ -3,9 +3,8 @@
 The public API is re-exported here; submodules hold the implementations.
 """
 
-__version__ = "0.1.0"
-
 from gracheck.autodiff import decoder_jacobian, jacobian_columns
+from gracheck.base.version import __version__
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 from gracheck.objectives import (
     beta_vae_objective,

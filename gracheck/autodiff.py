@@ -474,10 +474,3 @@ def decoder_jacobian(
     eye = torch.eye(d, dtype=z.dtype, device=z.device).expand(B, d, d)
     g, J = _run_columns(decoder, z, eye, method)
     return (g, J) if return_output else J
-
-
-def jtj(J: Tensor, hess_diag: Tensor | None = None) -> Tensor:
-    """Jᵀ(−H_p)J ``[..., d, d]`` from J ``[..., D, d]`` and diag(H_p) ``[..., D]`` (None: H_p = −I)."""
-    if hess_diag is None:
-        return J.transpose(-1, -2) @ J
-    return J.transpose(-1, -2) @ (J * (-hess_diag).unsqueeze(-1))

@@ -61,8 +61,12 @@ def _weights(J: Tensor, hess_diag: Tensor | None) -> Tensor | None:
     return -hess_diag
 
 
-def _curvature(J: Tensor, hess_diag: Tensor | None) -> Tensor:
-    """M = Jᵀ(−H_p)J ``[..., d, d]``."""
+def gauss_newton_curvature(J: Tensor, hess_diag: Tensor | None = None) -> Tensor:
+    """M = Jᵀ(−H_p)J = −JᵀH_pJ ``[..., d, d]``: the Gauss–Newton curvature of Eq. 5/11 (JᵀJ for H_p = −I).
+
+    J ``[..., D, d]``; ``hess_diag`` ``[..., D]`` = diag(H_p) (None: H_p = −I, unit-variance Gaussian).
+    Positive semi-definite whenever H_p is negative semi-definite; Eq. 11's Σ* is (I + M/β)⁻¹.
+    """
     W = _weights(J, hess_diag)
     Jt = J.transpose(-1, -2)
     return Jt @ J if W is None else Jt @ (J * W.unsqueeze(-1))
@@ -100,7 +104,7 @@ def grae_regularizer(J: Tensor, beta: float | Tensor, hess_diag: Tensor | None =
     """
     _check_J(J)
     beta = check_beta(beta)
-    M = _curvature(J, hess_diag)
+    M = gauss_newton_curvature(J, hess_diag)
     A = _eye_like(M) + M / _beta_b(beta, J, 2)
     L = cholesky("hess_diag" if hess_diag is not None else "J", A, "I − JᵀH_pJ/β")
     logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
@@ -136,7 +140,7 @@ def taylor_gap(J: Tensor, Sigma: Tensor, beta: float | Tensor, hess_diag: Tensor
         raise ValueError(f"Sigma: shape {tuple(Sigma.shape)} does not match J's d = {J.shape[-1]}")
     check_symmetric("Sigma", Sigma)
     beta = check_beta(beta)
-    A = _eye_like(Sigma) + _curvature(J, hess_diag) / _beta_b(beta, J, 2)
+    A = _eye_like(Sigma) + gauss_newton_curvature(J, hess_diag) / _beta_b(beta, J, 2)
     LA = cholesky("J", A, "I − JᵀH_pJ/β")
     cholesky("Sigma", Sigma, "Sigma")  # SPD check with a clear message
     S = LA.transpose(-1, -2) @ Sigma @ LA  # similar to AΣ, symmetric
@@ -241,7 +245,7 @@ def taylor_objective(
     g, J = decoder_jacobian(decoder, mean, return_output=True, method=method)
     _check_output_dim(g, xf.shape[1])
     h = obs.hess_diag(xf, g)
-    M = _curvature(J, h)  # Jᵀ(−H_p)J
+    M = gauss_newton_curvature(J, h)  # Jᵀ(−H_p)J
     quad = -0.5 * (M * cov).sum((-2, -1))  # ½ tr(JᵀH_pJ Σ), Σ symmetric
     logp = obs.log_prob(xf, g)
     kl = gaussian_kl(mean, cov)

@@ -19,7 +19,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gracheck.base import evidence as _registry
+from gracheck import claims as _registry
 from gracheck.base.evidence import CheckSkipped, claim, compare, result
 from gracheck.experiments import _common
 from gracheck.report import build_report, main, schema_path
@@ -85,7 +85,10 @@ def _fake_check(res):
 
 def _fake_experiment_module() -> types.ModuleType:
     mod = types.ModuleType(FAKE_EXP_MODULE)
-    mod.CLAIM_ID = "test-fake-experiment"
+    mod.CLAIM = _common.experiment_claim(FAKE_EXP_MODULE, id="test-fake-experiment", source="Fig. T3",
+                                         statement="A fake experiment with a figure.", title="Fake figure T3",
+                                         shows="A curve of the fake experiment.")
+    mod.CLAIM_ID = mod.CLAIM.id
     mod.Config = _FakeConfig
     mod.CONFIGS = {"smoke": _FakeConfig(3), "paper": _FakeConfig(40)}
     mod.run = _fake_run
@@ -105,7 +108,7 @@ def fakes(monkeypatch, tmp_path):
     made = []
 
     def reg(cid, **kw):
-        c = claim(cid, **kw)
+        c = _registry.register(claim(cid, **kw))
         made.append(cid)
         return c
 
@@ -179,17 +182,14 @@ def fakes(monkeypatch, tmp_path):
         return result("test-fake-refuted", "empirical", passed=False, measured=0.8, expected=0.5, abs_err=0.3,
                       atol=0.1, detail=f"slope 0.8 above 0.5 at {scale} scale", seed=seed)
 
-    c = reg("test-fake-experiment", source="Fig. T3", statement="A fake experiment with a figure.",
-            kind="empirical")
-    monkeypatch.setitem(_common.EXPERIMENT_MODULES, "test-fake-experiment", FAKE_EXP_MODULE)
-    monkeypatch.setitem(sys.modules, FAKE_EXP_MODULE, _fake_experiment_module())
-    from gracheck.claims.empirical import _make_check
-
-    c.method("empirical")(_make_check("test-fake-experiment"))
+    fake = _fake_experiment_module()
+    monkeypatch.setitem(sys.modules, FAKE_EXP_MODULE, fake)
+    _registry.register(fake.CLAIM)
+    made.append(fake.CLAIM.id)
 
     yield made
     for cid in made:
-        _registry._REGISTRY.pop(cid, None)
+        _registry.unregister(cid)
 
 
 def _validate(path: Path) -> dict:
@@ -217,7 +217,8 @@ def test_passing_selection_validates_and_exits_0(fakes, tmp_path):
     assert c["test-fake-erratum"]["status"] == "erratum-confirmed"
     assert c["test-fake-skip"]["status"] == "skipped"
     assert "absent" in c["test-fake-skip"]["reason"]
-    assert doc["counts"] == {"verified": 1, "erratum-confirmed": 1, "refuted": 0, "failed": 0, "skipped": 1}
+    assert doc["counts"] == {"verified": 1, "erratum-confirmed": 1, "refuted": 0, "inconclusive": 0, "failed": 0,
+                             "skipped": 1}
     assert doc["scale"] == "smoke" and doc["seed"] == 0
     for key in ("python", "torch", "numpy", "scipy", "sympy", "device_name", "threads", "git_commit"):
         assert key in doc["environment"]
@@ -239,9 +240,10 @@ def test_failing_derivation_exits_1(fakes, tmp_path):
     assert "## Failures" in md and "test-fake-fail" in md.split("## Summary")[0]
 
 
-def test_erroring_check_is_failed_with_traceback_and_exit_1(fakes, tmp_path):
+def test_erroring_check_is_failed_with_traceback_and_exit_3(fakes, tmp_path):
+    """A check that raises is an internal error: exit code 3, not 1 (which means "a claim failed")."""
     res = build_report(tmp_path / "rep", only=["test-fake-error"], device="cpu", results_dir=None)
-    assert res.exit_code == 1
+    assert res.exit_code == 3
     c = _by_id(_validate(res.results_path))["test-fake-error"]
     assert c["status"] == "failed" and c["errored"]
     assert "RuntimeError: boom in the check" in c["reason"] and "test_report.py" in c["reason"]
@@ -333,13 +335,13 @@ def test_experiment_section_with_numbers_figures_and_progress(fakes, tmp_path):
     assert any("loaded from cache" in n for n in e2["notes"])
 
 
-def test_crashing_experiment_is_failed_and_exits_1(fakes, tmp_path, monkeypatch):
+def test_crashing_experiment_is_failed_and_exits_3(fakes, tmp_path, monkeypatch):
     def crash(config, **kw):
         raise FloatingPointError("loss became NaN at step 3")
 
     monkeypatch.setattr(sys.modules[FAKE_EXP_MODULE], "run", crash)
     res = build_report(tmp_path / "rep", only=["test-fake-experiment"], device="cpu", results_dir=None)
-    assert res.exit_code == 1
+    assert res.exit_code == 3
     doc = _validate(res.results_path)
     c = _by_id(doc)["test-fake-experiment"]
     assert c["status"] == "failed" and c["errored"] and "loss became NaN" in c["reason"]
@@ -428,7 +430,7 @@ def test_html_is_self_contained(fakes, tmp_path):
     errata = text.split('id="errata"')[1].split('id="figures"')[0]
     assert "2 + 2 = 5" in errata and "2 + 2 = 4." in errata and "counterexample: 2 + 2 evaluates" in errata
     # Every paper figure has its section, with the reason when it did not run.
-    for cid in _common.EXPERIMENT_MODULES:
+    for cid in (c.id for c in _registry.registry() if c.kind == "empirical" and c.figure is not None):
         if cid != "test-fake-experiment":
             assert f'id="fig-{cid}"' in text
     assert "not run here: not selected (--only)" in text
@@ -451,7 +453,7 @@ def test_cli_exit_codes_and_summary(fakes, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["--out", str(out), "--only", "test-fake-pass", "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "1 claim: 1 verified, 0 erratum-confirmed, 0 refuted, 0 failed, 0 skipped" in printed
+    assert "1 claim: 1 verified, 0 erratum-confirmed, 0 refuted, 0 inconclusive, 0 failed, 0 skipped" in printed
     assert str(out / "report.html") in printed
     assert main(["--out", str(out), "--only", "test-fake-fail", "--device", "cpu"]) == 1
     assert main(["--out", str(out), "--only", "test-fake-pas"]) == 2

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gracheck.claims import get, registry
 from gracheck.base.evidence import KINDS, METHODS, claim
+from gracheck.claims import MODULES, get, register, registry
 
 DESIGN_IDS = {
     "derivation": (
@@ -88,7 +88,7 @@ def test_claims_beyond_design_are_errata():
 
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
-        claim("eq9-optimal-covariance", source="x", statement="x", kind="derivation")
+        register(claim("eq9-optimal-covariance", source="x", statement="x", kind="derivation"))
 
 
 def _ids():
@@ -103,7 +103,7 @@ def test_claim_contract(claim_id):
     assert c.kind in KINDS
     assert c.methods, f"{claim_id}: no methods"
     assert set(c.methods) <= set(METHODS), f"{claim_id}: unknown methods {set(c.methods) - set(METHODS)}"
-    assert set(c.methods) == set(c._checks), f"{claim_id}: methods declared without a check: {set(c.methods) - set(c._checks)}"
+    assert set(c.methods) == set(c.checks), f"{claim_id}: methods declared without a check: {set(c.methods) - set(c.checks)}"
     assert c.takes_candidate == (claim_id in CANDIDATE_CLAIMS), f"{claim_id}: takes_candidate={c.takes_candidate}"
     if c.kind == "derivation":
         assert len(c.methods) >= 2, f"{claim_id}: a derivation needs at least two independent methods, has {c.methods}"
@@ -116,3 +116,22 @@ def test_claim_contract(claim_id):
 
 
 # The empirical claims run in verification/test_empirical.py (skip / pass / xfail-refuted).
+
+
+@pytest.mark.parametrize("claim_id", DESIGN_IDS["empirical"])
+def test_one_home_per_empirical_claim(claim_id):
+    """Everything about an empirical claim lives in its experiment module: the Claim (id, source, statement,
+    the report's section text), the decision rule in the docstring, CONFIGS per scale, run and check."""
+    import importlib
+
+    c = get(claim_id)
+    mods = [m for m in MODULES if m.startswith("gracheck.experiments.")]
+    homes = [m for m in mods if getattr(importlib.import_module(m), "CLAIM", None) is c]
+    assert len(homes) == 1, f"{claim_id}: stated in {homes}"
+    mod = importlib.import_module(homes[0])
+    assert c.figure is not None and c.figure.title and c.figure.shows, f"{claim_id}: no report section text"
+    assert set(mod.CONFIGS) == {"smoke", "paper"} and callable(mod.run) and callable(mod.check)
+    doc = mod.__doc__ or ""
+    for needle in ("Decision rule", "verified", "refuted", "inconclusive"):
+        assert needle.lower() in doc.lower(), f"{claim_id}: the module docstring does not state its {needle!r} reading"
+    assert not hasattr(mod, "SOURCE"), f"{claim_id}: a second source string beside CLAIM.source"

@@ -1,4 +1,4 @@
-"""The claim registry: :class:`Claim`, :class:`CheckResult`, :class:`ClaimFailed`.
+"""Evidence: :class:`Claim`, :class:`CheckResult`, :class:`ClaimFailed`, :class:`CheckSkipped` and the builders.
 
 A *claim* is one statement of Kumar & Poole (2020) (an equation, a derivation step,
 an erratum or an empirical finding) with a stable id. Each claim owns one check
@@ -6,8 +6,9 @@ function per *method* ("symbolic", "autograd", "property", "empirical", ...); a
 check compares two independent computations and returns evidence as
 :class:`CheckResult` objects, never a bare bool.
 
-Claim families register themselves at import time with :func:`claim` and
-:meth:`Claim.method`::
+A module states its claims with :func:`claim` and :meth:`Claim.method`; the registry
+(:mod:`gracheck.claims`) collects every module-level :class:`Claim` of the theory families
+and the experiment modules::
 
     c = claim("eq9-optimal-covariance", source="Eq. 9", kind="derivation",
               statement="...", takes_candidate=True)
@@ -17,19 +18,28 @@ Claim families register themselves at import time with :func:`claim` and
         ...
         return [result(...)]
 
-A check that cannot run (an empirical claim whose experiment is missing, an
-optional file that is absent) raises :class:`CheckSkipped` with the reason; it is
-reported as skipped, never as passed.
+A check that cannot run (an optional file that is absent) raises :class:`CheckSkipped`
+with the reason; it is reported as skipped, never as passed. An empirical check's results
+carry the ``outcome`` of their decision rule (verified / refuted / inconclusive, see
+:mod:`gracheck.base.verdicts`) and its ``reason``; :meth:`Claim.check` returns them as
+:class:`Evidence`, a list that also holds the record the results were computed from
+(``Evidence.record``: the experiment's :class:`~gracheck.experiments.ExperimentResult`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+
+from gracheck.base.tolerances import ErrorBound, tol
+from gracheck.base.verdicts import OUTCOMES, Decision
 
 KINDS = ("derivation", "erratum", "empirical")
 METHODS = ("symbolic", "autograd", "property", "montecarlo", "closed-form", "empirical")
@@ -43,18 +53,23 @@ class CheckSkipped(Exception):
     """A check could not run here (e.g. an experiment or a data file is missing). Never a pass."""
 
 
-def _num(v: Any) -> Any:
-    """JSON-friendly scalar: floats stay floats (inf/nan as strings), tensors/arrays become lists."""
+def jsonable(v: Any) -> Any:
+    """A strict-JSON copy of ``v``: non-finite floats become strings ("nan", "inf", "-inf"), tensors and
+    arrays lists, paths strings, dataclasses dicts; anything else its ``str``."""
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
         return v if math.isfinite(v) else repr(v)
+    if isinstance(v, Path):
+        return str(v)
     if hasattr(v, "tolist"):
-        return _num(v.tolist())
+        return jsonable(v.tolist())
     if isinstance(v, (list, tuple)):
-        return [_num(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _num(x) for k, x in v.items()}
+        return [jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return jsonable(dataclasses.asdict(v))
     return str(v)
 
 
@@ -70,6 +85,10 @@ class CheckResult:
     ``sense`` is "within" when the check passes if the error stays within the
     tolerance, and "exceeds" when it passes if a discrepancy *exceeds* the
     threshold (a refutation of a printed statement, or a negative control).
+    ``outcome``: for a decision rule of an empirical claim, "verified", "refuted" or
+    "inconclusive" (``passed`` is true exactly when it is "verified"), with ``reason``: the rule's
+    reading of the numbers (which CI, which margin, which side; what would decide it). None and
+    "" for the checks of derivations and errata, where ``passed`` says it all.
     """
 
     claim_id: str
@@ -86,9 +105,11 @@ class CheckResult:
     seconds: float
     source: str = ""
     sense: str = "within"
+    outcome: str | None = None
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _num(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def failure_message(self) -> str:
         tol = []
@@ -103,8 +124,9 @@ class CheckResult:
         if self.rel_err is not None:
             err.append(f"rel_err={self.rel_err:.3g}")
         err_s = ", ".join(err) if err else "no error measure"
+        verdict = "failed" if self.outcome is None else f"is {self.outcome} ({self.reason})"
         return (
-            f"claim {self.claim_id} ({self.source}) failed by method {self.method!r}: "
+            f"claim {self.claim_id} ({self.source}) {verdict} by method {self.method!r}: "
             f"worst {err_s} ({'must exceed' if self.sense == 'exceeds' else 'up to'} {tol_s}"
             f"{'' if self.sense == 'exceeds' else ' allowed'}); measured={_short(self.measured)}, "
             f"expected={_short(self.expected)}; seed={self.seed}. {self.detail}"
@@ -112,11 +134,29 @@ class CheckResult:
 
 
 def _short(v: Any, n: int = 120) -> str:
-    s = json.dumps(_num(v)) if not isinstance(v, str) else v
+    s = json.dumps(jsonable(v)) if not isinstance(v, str) else v
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
 CheckFn = Callable[..., "CheckResult | list[CheckResult]"]
+
+
+class Evidence(list):
+    """What :meth:`Claim.check` returns: the list of :class:`CheckResult` and, in ``record``, what they
+    were computed from (an empirical claim's :class:`~gracheck.experiments.ExperimentResult`; None for
+    the checks of derivations and errata). A check function may return one itself to pass the record on."""
+
+    def __init__(self, results: Iterable[CheckResult] = (), record: Any = None):
+        super().__init__(results)
+        self.record = record
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSection:
+    """How the report presents an empirical claim: the section ``title`` and what the paper ``shows``."""
+
+    title: str
+    shows: str
 
 
 @dataclasses.dataclass
@@ -128,7 +168,7 @@ class Claim:
     ("derivation" | "erratum" | "empirical"), ``methods`` (the methods it is
     checked by), ``takes_candidate`` (whether ``check(candidate=...)`` swaps in an
     implementation under test), ``corrected`` (for an erratum: the corrected
-    statement).
+    statement), ``figure`` (for an empirical claim: its section of the report).
     """
 
     id: str
@@ -137,12 +177,26 @@ class Claim:
     kind: str
     takes_candidate: bool = False
     corrected: str = ""
+    figure: FigureSection | None = None
     _checks: dict[str, CheckFn] = dataclasses.field(default_factory=dict, repr=False)
     _declared_methods: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def methods(self) -> tuple[str, ...]:
+        """The methods this claim is checked by (declared ones while no check is implemented)."""
         return tuple(self._checks) or self._declared_methods
+
+    @property
+    def checks(self) -> Mapping[str, CheckFn]:
+        """Method name → check function, read-only: the methods that have an implementation."""
+        return MappingProxyType(self._checks)
+
+    @property
+    def statement_hash(self) -> str:
+        """First 16 hex digits of the SHA-256 of (id, kind, source, statement, corrected): cite it with the
+        id to pin the exact wording that was checked."""
+        blob = json.dumps([self.id, self.kind, self.source, self.statement, self.corrected], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def method(self, name: str) -> Callable[[CheckFn], CheckFn]:
         """Decorator registering ``fn(*, seed, candidate, **kw)`` as the check for ``name``."""
@@ -165,13 +219,15 @@ class Claim:
         candidate: Callable | None = None,
         raise_on_fail: bool = False,
         **kw: Any,
-    ) -> list[CheckResult]:
+    ) -> Evidence:
         """Run the check(s) for ``method`` (all methods when None); return the evidence.
 
         ``candidate`` replaces the library's implementation under test (only for
         claims with ``takes_candidate``). With ``raise_on_fail=True`` the first
         failing result raises :class:`ClaimFailed`. Raises :class:`CheckSkipped`
-        when a check cannot run here.
+        when a check cannot run here. Empirical checks take ``scale``, ``device``,
+        ``out_dir``, ``use_cache``, ``progress`` and ``from_result`` (apply the decision
+        rule to a given ExperimentResult instead of running the experiment).
         """
         if candidate is not None and not self.takes_candidate:
             raise ValueError(f"candidate: claim {self.id} does not take a candidate implementation")
@@ -189,11 +245,13 @@ class Claim:
                     f"method: claim {self.id} has no {method!r} check; it has {list(self._checks)}"
                 )
             names = [method]
-        out: list[CheckResult] = []
+        out = Evidence()
         for name in names:
             t0 = time.perf_counter()
             res = self._checks[name](seed=seed, candidate=candidate, **kw)
             dt = time.perf_counter() - t0
+            if isinstance(res, Evidence) and res.record is not None:
+                out.record = res.record
             batch = [res] if isinstance(res, CheckResult) else list(res)
             if not batch:
                 raise RuntimeError(f"claim {self.id}, method {name}: the check returned no evidence")
@@ -212,9 +270,6 @@ class Claim:
         return out
 
 
-_REGISTRY: dict[str, Claim] = {}
-
-
 def claim(
     id: str,
     *,
@@ -224,47 +279,24 @@ def claim(
     takes_candidate: bool = False,
     corrected: str = "",
     methods: Iterable[str] = (),
+    figure: FigureSection | None = None,
 ) -> Claim:
-    """Create and register a claim. ``methods`` declares methods for claims without checks yet."""
+    """State a claim (the registry collects it from its module). ``methods`` declares methods for claims
+    without checks yet; ``figure`` gives an empirical claim's report section."""
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    if id in _REGISTRY:
-        raise ValueError(f"id: claim {id!r} is registered twice")
-    c = Claim(
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"id: expected a non-empty string, got {id!r}")
+    return Claim(
         id=id,
         source=source,
         statement=statement,
         kind=kind,
         takes_candidate=takes_candidate,
         corrected=corrected,
+        figure=figure,
         _declared_methods=tuple(methods),
     )
-    _REGISTRY[id] = c
-    return c
-
-
-def _load_all() -> None:
-    # Importing the families registers their claims (idempotent: modules import once).
-    from gracheck.claims import _families  # noqa: F401
-
-
-def registry() -> list[Claim]:
-    """Every registered claim, in registration order (derivations, errata, empirical)."""
-    _load_all()
-    order = {k: i for i, k in enumerate(KINDS)}
-    return sorted(_REGISTRY.values(), key=lambda c: order[c.kind])
-
-
-def get(claim_id: str) -> Claim:
-    """The claim with id ``claim_id``; ``KeyError`` listing close ids if there is none."""
-    _load_all()
-    try:
-        return _REGISTRY[claim_id]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(claim_id, list(_REGISTRY), n=3)
-        raise KeyError(f"claim_id: no claim {claim_id!r}; did you mean {close}?") from None
 
 
 def result(
@@ -282,10 +314,21 @@ def result(
     seed: int = 0,
     seconds: float = 0.0,
     sense: str = "within",
+    outcome: str | None = None,
+    reason: str = "",
 ) -> CheckResult:
-    """Build a :class:`CheckResult` (keyword-only helper used by every check)."""
+    """Build a :class:`CheckResult` (keyword-only helper used by every check).
+
+    ``outcome``/``reason``: a decision rule's reading (use :func:`decided`); ``passed`` must then be
+    true exactly for "verified".
+    """
     if sense not in ("within", "exceeds"):
         raise ValueError(f"sense: expected 'within' or 'exceeds', got {sense!r}")
+    if outcome is not None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome: expected one of {OUTCOMES} or None, got {outcome!r}")
+        if bool(passed) != (outcome == "verified"):
+            raise ValueError(f"passed: {passed!r} contradicts the outcome {outcome!r}")
     return CheckResult(
         claim_id=claim_id,
         method=method,
@@ -300,7 +343,30 @@ def result(
         seed=seed,
         seconds=seconds,
         sense=sense,
+        outcome=outcome,
+        reason=reason,
     )
+
+
+def decided(
+    claim_id: str,
+    decision: Decision,
+    *,
+    measured: Any,
+    expected: Any,
+    abs_err: float | None,
+    atol: float | None,
+    detail: str,
+    seed: int,
+    method: str = "empirical",
+    sense: str = "within",
+    note: str = "",
+) -> CheckResult:
+    """The :class:`CheckResult` of one decision rule: ``passed``, ``outcome`` and ``reason`` from ``decision``
+    (:mod:`gracheck.base.verdicts`); ``note`` (e.g. what would decide an inconclusive result) joins the reason."""
+    reason = decision.reason + (f". {note}" if note else "")
+    return result(claim_id, method, passed=decision.verified, measured=measured, expected=expected, abs_err=abs_err,
+                  atol=atol, detail=detail, seed=seed, sense=sense, outcome=decision.outcome, reason=reason)
 
 
 def compare(
@@ -335,8 +401,8 @@ def compare(
     rel_err = float(np.max(rel)) if rel.size else 0.0
     if not finite:
         abs_err = rel_err = float("inf")
-    summ_m = float(m.reshape(-1)[int(np.argmax(diff.reshape(-1)))]) if m.size > 1 and finite else _num(m)
-    summ_e = float(e.reshape(-1)[int(np.argmax(diff.reshape(-1)))]) if e.size > 1 and finite else _num(e)
+    summ_m = float(m.reshape(-1)[int(np.argmax(diff.reshape(-1)))]) if m.size > 1 and finite else jsonable(m)
+    summ_e = float(e.reshape(-1)[int(np.argmax(diff.reshape(-1)))]) if e.size > 1 and finite else jsonable(e)
     if m.size > 1:
         detail = f"{detail} [{m.size} values compared; measured/expected shown at the worst entry]"
     return result(
@@ -352,6 +418,14 @@ def compare(
         detail=detail,
         seed=seed,
     )
+
+
+def tcompare(claim_id: str, method: str, measured: Any, expected: Any, tol_name: str, detail: str, seed: int) -> CheckResult:
+    """:func:`compare` with the named :class:`~gracheck.base.tolerances.ErrorBound` of the tolerance table
+    (its name recorded in ``detail``)."""
+    t = tol(tol_name, ErrorBound)
+    return compare(claim_id, method, measured, expected, atol=t.atol, rtol=t.rtol,
+                   detail=f"{detail} [tolerance {tol_name!r}]", seed=seed)
 
 
 def _to_numpy(v: Any) -> Any:

@@ -1,8 +1,12 @@
-"""What every experiment shares: the result record, scales, seeds and a result cache.
+"""What every experiment shares: the claim it states, the result record, scales, seeds and a result cache.
 
-An experiment module (one per empirical claim, read top to bottom) defines::
+An experiment module holds everything about one empirical claim, read top to bottom::
 
-    CLAIM_ID = "fig1-rotation-uniqueness"
+    # module docstring: the claim, the decision rules and their preconditions (fixed before any run),
+    # the three-outcome reading of each rule, the scales
+
+    CLAIM = experiment_claim(__name__, id="fig1-rotation-uniqueness", source="Fig. 1, 5, 6; App. C",
+                             statement="...", title="...", shows="...")   # the report's section text
 
     @dataclasses.dataclass(frozen=True)
     class Config: ...                      # every setting, nothing implicit
@@ -12,10 +16,12 @@ An experiment module (one per empirical claim, read top to bottom) defines::
     def run(config, *, seed, device, out_dir, progress=None) -> ExperimentResult
     def check(result: ExperimentResult) -> list[CheckResult]
 
-``run`` trains/evaluates and writes its figures into ``out_dir``; ``check`` applies
-the decision rule fixed in the module's docstring and returns the evidence.
-:func:`run_experiment` adds a cache keyed by (claim, config, seed, version), so the
-report and ``pytest verification/`` share one smoke run.
+``run`` trains/evaluates and writes its figures into ``out_dir``; ``check`` applies the decision
+rules (:mod:`gracheck.base.verdicts`) and returns the evidence, each result with its outcome
+(verified / refuted / inconclusive) and reason. ``CLAIM.check()`` runs the experiment through
+:func:`run_experiment`, a cache keyed by (claim, config, seed, version) and locked per entry, so the
+report and ``pytest verification/`` share one smoke run; the ExperimentResult comes back as the
+evidence's ``record``, so the report shows the numbers the verdict was computed from.
 """
 
 from __future__ import annotations
@@ -25,27 +31,20 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import importlib
+import io
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, entry_lock
+from gracheck.base.evidence import Claim, Evidence, FigureSection, claim
+from gracheck.base.files import atomic_copy, atomic_write_bytes, atomic_write_text, cache_dir, entry_lock
+from gracheck.base.version import __version__
 
 SCALES = ("smoke", "paper")
-
-# claim id -> module implementing it (a missing module means "not implemented yet").
-EXPERIMENT_MODULES: dict[str, str] = {
-    "fig1-rotation-uniqueness": "gracheck.experiments.fig1_rotation",
-    "fig2-precision-matches-jtj": "gracheck.experiments.fig2_precision",
-    "fig3-objectives-agree": "gracheck.experiments.fig3_objectives",
-    "fig4-fid-agree": "gracheck.experiments.fig4_fid",
-    "eq6-residual-trained": "gracheck.experiments.eq6_residual",
-    "grae-approx-trains-like-beta-vae": "gracheck.experiments.grae_approx_training",
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
@@ -101,22 +100,39 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def load_module(claim_id: str):
-    """The experiment module for ``claim_id``; ImportError if it does not exist yet."""
-    if claim_id not in EXPERIMENT_MODULES:
-        raise KeyError(f"claim_id: {claim_id!r} is not an empirical claim; known: {sorted(EXPERIMENT_MODULES)}")
-    return importlib.import_module(EXPERIMENT_MODULES[claim_id])
-
-
 def _key(claim_id: str, cfg: dict[str, Any], seed: int, device: str) -> str:
-    from gracheck import __version__
-
     blob = json.dumps([claim_id, cfg, seed, device.split(":")[0], __version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def experiment_claim(module: str, *, id: str, source: str, statement: str, title: str, shows: str) -> Claim:
+    """The empirical claim stated by the experiment module named ``module`` (pass ``__name__``).
+
+    ``title`` and ``shows``: the report's section for it (its heading, and what the paper shows).
+    Its one method, "empirical", runs the module's experiment (:func:`run_experiment`, cached) and
+    applies the module's ``check``; it returns :class:`~gracheck.base.evidence.Evidence` whose
+    ``record`` is the ExperimentResult. Keyword arguments of ``CLAIM.check``: ``scale`` ("smoke"),
+    ``device`` ("cpu"), ``out_dir`` (figures; default the cache entry), ``use_cache`` (True),
+    ``progress`` (a callable taking a line) and ``from_result`` (an ExperimentResult to judge instead
+    of running, e.g. a committed paper-scale one).
+    """
+    c = claim(id, source=source, statement=statement, kind="empirical", figure=FigureSection(title, shows))
+
+    def _empirical(*, seed: int, candidate, scale: str = "smoke", device: str = "cpu", out_dir=None,
+                   use_cache: bool = True, progress: Callable[[str], None] | None = None,
+                   from_result: ExperimentResult | None = None) -> Evidence:
+        mod = importlib.import_module(module)
+        res = from_result if from_result is not None else run_experiment(
+            mod, scale=scale, seed=seed, device=device, out_dir=out_dir, use_cache=use_cache, progress=progress)
+        return Evidence(mod.check(res), record=res)
+
+    _empirical.__doc__ = f"Runs the {id} experiment ({module}, cached) and applies its pre-registered decision rules."
+    c.method("empirical")(_empirical)
+    return c
+
+
 def run_experiment(
-    claim_id: str,
+    module: ModuleType | str,
     *,
     scale: str = "smoke",
     seed: int = 0,
@@ -125,7 +141,7 @@ def run_experiment(
     use_cache: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ExperimentResult:
-    """Run (or load from the cache) the experiment behind ``claim_id`` at ``scale``.
+    """Run (or load from the cache) the experiment of ``module`` (an experiment module or its name) at ``scale``.
 
     Figures land in ``out_dir`` (default: the cache entry's folder). The cache key
     covers the claim, the full config, the seed, the device type and gracheck's
@@ -133,7 +149,8 @@ def run_experiment(
     """
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
-    mod = load_module(claim_id)
+    mod = importlib.import_module(module) if isinstance(module, str) else module
+    claim_id = mod.CLAIM.id
     config = mod.CONFIGS[scale]
     cfg = config_dict(config)
     # inputs outside the config that change the result (e.g. a user's Inception weights file) are
@@ -222,3 +239,12 @@ def scale_of(configs: dict[str, Any], config: Any) -> str:
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kw: Any) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (rendered to memory, then one rename); returns the path."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kw)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

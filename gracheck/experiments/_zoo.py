@@ -15,12 +15,25 @@ import json
 from pathlib import Path
 
 from gracheck.base.files import cache_dir, entry_lock
+from gracheck.base.version import __version__
+
+
+CHECKPOINT_EVERY = 5000  # a cached run longer than this checkpoints every 5000 steps (and can resume)
+
+
+def train_config(**fields):
+    """The :class:`~gracheck.train.TrainConfig` of a cached model: ``fields`` as given, with no periodic
+    held-out evaluation (``eval_every=0``) and checkpoints every :data:`CHECKPOINT_EVERY` steps only for
+    runs longer than that (shorter ones train in one go), unless ``fields`` say otherwise."""
+    from gracheck.train import TrainConfig
+
+    fields.setdefault("eval_every", 0)
+    fields.setdefault("checkpoint_every", 0 if fields["steps"] <= CHECKPOINT_EVERY else CHECKPOINT_EVERY)
+    return TrainConfig(**fields)
 
 
 def model_dir(config) -> Path:
     """The cache folder of the run trained with ``config`` (a TrainConfig)."""
-    from gracheck import __version__
-
     blob = json.dumps([config.to_dict(), __version__], sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{config.dataset}-{config.model}-{key}"

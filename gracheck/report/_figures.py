@@ -15,6 +15,7 @@ STATUS_COLOURS = {
     "verified": "#1a7f37",
     "erratum-confirmed": "#0969da",
     "refuted": "#bc4c00",
+    "inconclusive": "#8250df",
     "failed": "#cf222e",
     "skipped": "#6e7781",
 }
