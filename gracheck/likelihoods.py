@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck.base.validate import _is_traced, check_tensor
+from gracheck.base.validate import check_tensor, is_traced
 
 
 def _flat_pair(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,9 +83,9 @@ class BernoulliObs:
 
     def _check(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         xf, gf = _flat_pair(x, g)
-        if not _is_traced(xf) and bool(((xf < 0) | (xf > 1)).any()):
+        if not is_traced(xf) and bool(((xf < 0) | (xf > 1)).any()):
             raise ValueError("x: Bernoulli observations must lie in [0, 1]")
-        if not self.logits and not _is_traced(gf):
+        if not self.logits and not is_traced(gf):
             if bool(((gf.detach() <= 0) | (gf.detach() >= 1)).any()):
                 raise ValueError("g: Bernoulli probabilities must lie strictly inside (0, 1); pass logits=True for logits")
         return xf, gf

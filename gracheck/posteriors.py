@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck.base.validate import _is_traced, check_tensor
+from gracheck.base.validate import check_tensor, is_traced
 
 STRUCTURES = ("mean-field", "block-diagonal", "full")
 _DIAG_FLOOR = 1e-5  # smallest posterior standard deviation a head can produce
@@ -105,7 +105,7 @@ class GaussianPosterior:
                 f"scale_tril: expected shape {tuple(self.mean.shape) + (self.mean.shape[-1],)} "
                 f"to match mean {tuple(self.mean.shape)}, got {tuple(self.scale_tril.shape)}"
             )
-        if not _is_traced(self.scale_tril):
+        if not is_traced(self.scale_tril):
             diag = torch.diagonal(self.scale_tril.detach(), dim1=-2, dim2=-1)
             if bool((diag <= 0).any()):
                 raise ValueError("scale_tril: diagonal must be strictly positive")

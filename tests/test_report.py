@@ -20,7 +20,8 @@ import jsonschema
 import pytest
 
 from gracheck import claims as _registry
-from gracheck.base.evidence import CheckSkipped, claim, compare, result
+from gracheck.base import verdicts
+from gracheck.base.evidence import CheckSkipped, claim, compare, decided, result
 from gracheck.experiments import _common
 from gracheck.report import build_report, main, schema_path
 from gracheck.report._run import worst_error
@@ -181,6 +182,20 @@ def fakes(monkeypatch, tmp_path):
     def _(*, seed, candidate, scale, device, out_dir, **kw):
         return result("test-fake-refuted", "empirical", passed=False, measured=0.8, expected=0.5, abs_err=0.3,
                       atol=0.1, detail=f"slope 0.8 above 0.5 at {scale} scale", seed=seed)
+
+    c = reg("test-fake-inconclusive", source="Fig. T4", statement="A trend whose CI straddles zero here.",
+            kind="empirical")
+
+    @c.method("empirical")
+    def _(*, seed, candidate, **kw):
+        tight = result("test-fake-inconclusive", "empirical", passed=True, measured=1.0, expected=1.0, abs_err=2e-13,
+                       atol=1e-8, detail="an algebra identity that holds to 2e-13", seed=seed, outcome="verified",
+                       reason="identity: value 2e-13 ≤ 1e-08, on the claimed side")
+        d = verdicts.one_sided((-0.028, 0.054), 0.0, claimed="above", what="slope of the gap vs β")
+        trend = decided("test-fake-inconclusive", d, measured={"slope": 0.013, "ci": [-0.028, 0.054]},
+                        expected="CI entirely > 0", abs_err=-0.028, atol=0.0, sense="exceeds", seed=seed,
+                        detail="slope 0.013 (95% CI -0.028 to 0.054)", note="About 4,000 points would decide it.")
+        return [tight, trend]
 
     fake = _fake_experiment_module()
     monkeypatch.setitem(sys.modules, FAKE_EXP_MODULE, fake)
@@ -518,3 +533,95 @@ def test_real_eq9_claim(tmp_path):
                        candidates={"eq9-optimal-covariance": wrong_sign})
     assert bad.exit_code == 1
     assert bad.claims[0]["status"] == "failed" and not bad.claims[0]["errored"], bad.claims[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- three outcomes
+
+
+def test_inconclusive_is_its_own_status_everywhere(fakes, tmp_path):
+    """issue 12: status, counts, summary line, findings (separate from refuted, with the reason), legend and
+    badge, the deciding check in the summary column, --strict, and the schema."""
+    ids = ["test-fake-pass", "test-fake-refuted", "test-fake-inconclusive"]
+    res = build_report(tmp_path / "rep", only=ids, device="cpu", results_dir=None)
+    assert res.exit_code == 0  # findings, not errors
+    doc = _validate(res.results_path)
+    c = _by_id(doc)["test-fake-inconclusive"]
+    assert c["status"] == "inconclusive" and c["scale"] == "smoke"
+    assert "straddles 0" in c["reason"] and "4,000 points would decide" in c["reason"]
+    assert doc["counts"]["inconclusive"] == 1 and doc["counts"]["refuted"] == 1
+    assert "1 refuted, 1 inconclusive" in res.summary_line()
+    # the summary column shows the check that decided the verdict, not the passing 2e-13 identity
+    assert c["worst"]["kind"] == "decision" and c["worst"]["text"].startswith("inconclusive: slope of the gap")
+    assert [r["outcome"] for r in c["results"]] == ["verified", "inconclusive"]
+    md = res.markdown_path.read_text()
+    head = md.split("## Summary")[0]
+    refuted_part = head.split("## Findings: empirical claims refuted here")[1].split("## Findings")[0]
+    inconclusive_part = head.split("## Findings: empirical claims inconclusive here")[1]
+    assert "test-fake-refuted" in refuted_part and "test-fake-inconclusive" not in refuted_part
+    assert "test-fake-inconclusive" in inconclusive_part and "straddles 0" in inconclusive_part
+    assert "**inconclusive** = the experiment ran but could not decide" in md
+    assert "gracheck 0.1.0, claim test-fake-inconclusive, inconclusive at smoke scale, seed 0 (empirical)" in md
+    html = res.html_path.read_text()
+    assert ">inconclusive</span>" in html and 'id="findings-inconclusive"' in html
+    strict = build_report(tmp_path / "strict", only=["test-fake-pass", "test-fake-inconclusive"], device="cpu",
+                          results_dir=None, strict=True)
+    assert strict.exit_code == 1  # --strict: exit 1 unless every empirical claim that ran is verified
+    assert "not verified, with --strict" in strict.markdown_path.read_text()
+    ok = build_report(tmp_path / "ok", only=["test-fake-pass", "test-fake-skip"], device="cpu", results_dir=None,
+                      strict=True)
+    assert ok.exit_code == 0  # a skipped empirical claim did not run: --strict does not count it
+
+
+def test_schema_rejects_an_inconclusive_derivation_or_one_without_reason(fakes, tmp_path):
+    res = build_report(tmp_path / "rep", only=["test-fake-pass", "test-fake-inconclusive"], device="cpu",
+                       results_dir=None)
+    schema = json.loads(schema_path().read_text())
+    good = json.loads(res.results_path.read_text())
+    jsonschema.validate(good, schema, cls=jsonschema.Draft202012Validator)
+    for doctor in (lambda d: d["claims"][0].update(status="inconclusive"),       # a derivation cannot be
+                   lambda d: d["claims"][1].update(reason=""),                   # no reason given
+                   lambda d: d["claims"][1]["results"][1].update(passed=True),   # passed contradicts outcome
+                   lambda d: d["claims"][1]["results"][1].update(outcome="maybe")):
+        bad = json.loads(res.results_path.read_text())
+        doctor(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_cli_internal_error_and_bad_environment_exit_3(fakes, tmp_path, capsys, monkeypatch):
+    """issue 17 item 7: an internal error or a bad environment has its own exit code (3), documented in --help."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helptext = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "3: internal error or bad environment" in helptext and "--strict" in helptext
+    (tmp_path / "afile").write_text("")
+    code = main(["--out", str(tmp_path / "afile" / "rep"), "--only", "test-fake-pass", "--device", "cpu"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "--out" in err and "environment error" in err and "Traceback" not in err
+    import gracheck.report._run as run
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(run, "build_report", boom)
+    assert main(["--out", str(tmp_path / "rep"), "--only", "test-fake-pass"]) == 3
+    assert "internal error (exit 3)" in capsys.readouterr().err
+
+
+def test_paper_scale_result_is_judged_by_the_same_check(fakes, tmp_path, monkeypatch):
+    """A committed paper-scale result goes through Claim.check(from_result=...): the experiment's own rules."""
+    rdir = tmp_path / "results"
+    rdir.mkdir()
+    paper = _fake_run(_FakeConfig(40), seed=0, device="cuda", out_dir=rdir)
+    d = paper.to_dict()
+    d["metrics"]["angle_deg"]["ci_high"] = 7.5  # the fake rule: CI upper end below 5
+    d["figures"] = []
+    (rdir / "test-fake-experiment-paper.json").write_text(json.dumps(d))
+    calls = []
+    mod = sys.modules[FAKE_EXP_MODULE]
+    orig = mod.check
+    monkeypatch.setattr(mod, "check", lambda res: calls.append(res.scale) or orig(res))
+    res = build_report(tmp_path / "rep", only=["test-fake-experiment"], device="cpu", results_dir=rdir)
+    p = _validate(res.results_path)["experiments"][0]["paper_scale"]
+    assert p["verdict"] == "refuted" and calls == ["smoke", "paper"]

@@ -88,6 +88,17 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
+def save_figure(fig, path: str | os.PathLike, **savefig_kw) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (rendered to memory, then one rename); returns the path."""
+    import io
+
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kw)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def cache_dir() -> Path:
     """Where trained models, feature nets and experiment results are cached.
 

@@ -16,7 +16,7 @@ def check_tensor(name: str, t: Any, *, min_dim: int = 0, finite: bool = True) ->
         raise ValueError(f"{name}: expected at least {min_dim} dimensions, got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.is_complex()):
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-    if finite and not _is_traced(t):
+    if finite and not is_traced(t):
         bad = ~torch.isfinite(t.detach())
         if bool(bad.any()):
             n = int(bad.sum())
@@ -24,8 +24,8 @@ def check_tensor(name: str, t: Any, *, min_dim: int = 0, finite: bool = True) ->
     return t
 
 
-def _is_traced(t: Tensor) -> bool:
-    # Inside torch.func transforms values cannot be inspected with .any()/bool(); skip data checks there.
+def is_traced(t: Tensor) -> bool:
+    """True inside torch.func transforms, where values cannot be inspected with .any()/bool(): data checks skip."""
     try:
         from torch._C._functorch import is_batchedtensor, is_gradtrackingtensor
 
@@ -43,7 +43,7 @@ def check_beta(beta: Any) -> float | Tensor:
             raise ValueError(f"beta: must be finite and > 0, got {beta!r}")
         return float(beta)
     if isinstance(beta, Tensor):
-        if not _is_traced(beta):
+        if not is_traced(beta):
             if not bool(torch.isfinite(beta).all()) or not bool((beta > 0).all()):
                 raise ValueError(f"beta: must be finite and > 0 everywhere, got {beta}")
         return beta
@@ -57,7 +57,7 @@ def check_square(name: str, M: Tensor) -> int:
 
 
 def check_symmetric(name: str, M: Tensor) -> None:
-    if _is_traced(M):
+    if is_traced(M):
         return
     Md = M.detach()
     scale = Md.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
@@ -70,7 +70,7 @@ def check_symmetric(name: str, M: Tensor) -> None:
 def cholesky(name: str, A: Tensor, what: str) -> Tensor:
     """Lower Cholesky factor of ``A``; ValueError naming ``name``/``what`` if it is not positive definite."""
     L, info = torch.linalg.cholesky_ex(A)
-    if not _is_traced(A) and bool((info > 0).any()):
+    if not is_traced(A) and bool((info > 0).any()):
         n = int((info > 0).sum())
         raise ValueError(f"{name}: {what} is not positive definite ({n} of {info.numel()} matrices failed Cholesky)")
     return L

@@ -1,7 +1,8 @@
 """The claims of Kumar & Poole (2020) as a registry of named, checkable claims.
 
 ``registry()`` lists every claim; ``get(id).check()`` runs its checks and returns
-:class:`CheckResult` evidence. The ids are stable: cite them (the list is in the README).
+:class:`CheckResult` evidence. The ids are stable: cite them (``python -m gracheck.report --list``
+prints every id with its kind and paper source).
 
 The registry owns no claim. It imports the modules that state them, in the paper's order, and
 collects every module-level :class:`Claim`: the derivation and erratum families of

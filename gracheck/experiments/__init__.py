@@ -5,7 +5,8 @@ from gracheck.experiments._common import (
     ExperimentResult,
     Metric,
     experiment_claim,
+    now_utc,
     run_experiment,
 )
 
-__all__ = ["SCALES", "ExperimentResult", "Metric", "experiment_claim", "run_experiment"]
+__all__ = ["SCALES", "ExperimentResult", "Metric", "experiment_claim", "now_utc", "run_experiment"]

@@ -31,7 +31,6 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import importlib
-import io
 import json
 import os
 import time
@@ -41,7 +40,7 @@ from types import ModuleType
 from typing import Any
 
 from gracheck.base.evidence import Claim, Evidence, FigureSection, claim
-from gracheck.base.files import atomic_copy, atomic_write_bytes, atomic_write_text, cache_dir, entry_lock
+from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, entry_lock
 from gracheck.base.version import __version__
 
 SCALES = ("smoke", "paper")
@@ -239,12 +238,3 @@ def scale_of(configs: dict[str, Any], config: Any) -> str:
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-
-
-def save_figure(fig, path: str | os.PathLike, **savefig_kw: Any) -> Path:
-    """Save a matplotlib figure to ``path`` atomically (rendered to memory, then one rename); returns the path."""
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kw)
-    atomic_write_bytes(path, buf.getvalue())
-    return path

@@ -91,6 +91,7 @@ from torch import Tensor
 from gracheck.base import stats as bstats
 from gracheck.base import verdicts
 from gracheck.base.evidence import CheckResult, decided
+from gracheck.base.files import save_figure
 from gracheck.experiments import fig3_objectives as fig3
 from gracheck.experiments._common import (
     ExperimentResult,
@@ -99,7 +100,6 @@ from gracheck.experiments._common import (
     config_from_dict,
     experiment_claim,
     now_utc,
-    save_figure,
     scale_of,
     torch_threads,
 )

@@ -95,6 +95,7 @@ from torch import Tensor
 
 from gracheck.base import stats, verdicts
 from gracheck.base.evidence import CheckResult, decided
+from gracheck.base.files import save_figure
 from gracheck.data.synthetic import NONLINEARITIES, make_synthetic, nonlinearity_fn
 from gracheck.experiments._common import (
     ExperimentResult,
@@ -103,7 +104,6 @@ from gracheck.experiments._common import (
     config_from_dict,
     experiment_claim,
     now_utc,
-    save_figure,
     scale_of,
     torch_threads,
 )

@@ -88,6 +88,7 @@ from torch import Tensor
 
 from gracheck.base import stats, verdicts
 from gracheck.base.evidence import CheckResult, decided
+from gracheck.base.files import save_figure
 from gracheck.base.validate import check_positive_int
 from gracheck.experiments import _zoo
 from gracheck.experiments._common import (
@@ -97,7 +98,6 @@ from gracheck.experiments._common import (
     config_from_dict,
     experiment_claim,
     now_utc,
-    save_figure,
     scale_of,
     torch_threads,
 )

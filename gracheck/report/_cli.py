@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gracheck.experiments._common import SCALES
+from gracheck.experiments import SCALES
 from gracheck.report._run import EXIT_CODES, EXIT_INTERNAL, EXIT_USAGE
 
 

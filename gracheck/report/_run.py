@@ -54,7 +54,7 @@ from gracheck.base.evidence import CheckResult, CheckSkipped, Claim, Evidence, j
 from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit
 from gracheck.base.verdicts import combine
 from gracheck.base.version import __version__
-from gracheck.experiments._common import SCALES, ExperimentResult, now_utc
+from gracheck.experiments import SCALES, ExperimentResult, now_utc
 
 STATUSES = ("verified", "erratum-confirmed", "refuted", "inconclusive", "failed", "skipped")
 

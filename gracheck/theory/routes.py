@@ -21,8 +21,8 @@ from torch import Tensor
 
 from gracheck.base.evidence import CheckResult, result
 from gracheck.base.stats import gauss_hermite_grid
-from gracheck.theory.strategies import DTYPE, normal
 from gracheck.base.tolerances import ErrorBound, StandardErrors, tol
+from gracheck.theory.strategies import DTYPE, normal
 
 # ---------------------------------------------------------------- candidates
 

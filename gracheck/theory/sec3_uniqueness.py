@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.base.evidence import CheckResult, claim, compare, result, tcompare
+from gracheck.base.evidence import CheckResult, claim, result, tcompare
 from gracheck.base.text import fmt
-from gracheck.theory.routes import gauss_hermite_2d, mc_agrees, mc_refutes, mean_se, min_above_floor, refutes
-from gracheck.theory.strategies import DTYPE, generator, normal, orthogonal, uniform
 from gracheck.base.tolerances import SignificanceLevel, StandardErrors, tol
+from gracheck.theory.routes import gauss_hermite_2d, mc_agrees, mc_refutes, min_above_floor, refutes
+from gracheck.theory.strategies import DTYPE, generator, normal, orthogonal, uniform
 
 LOG2PI = math.log(2 * math.pi)
 THETA_30 = math.pi / 6  # the fixed 30° rotation of the concrete counterexamples
