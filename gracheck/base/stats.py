@@ -115,6 +115,14 @@ def gauss_hermite_grid(n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
+def derive_seed(*keys: Any) -> int:
+    """A 63-bit seed from a tuple of keys: the first 8 bytes of SHA-256(repr(keys)), stable across processes
+    and platforms (``hash()`` is salted per process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(keys).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion k/n."""
     if n < 1 or not 0 <= k <= n:

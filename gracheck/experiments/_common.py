@@ -148,7 +148,15 @@ def run_experiment(
     """
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
-    mod = importlib.import_module(module) if isinstance(module, str) else module
+    try:
+        mod = importlib.import_module(module) if isinstance(module, str) else module
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise  # the module exists but something it imports is missing: an error, not a bad argument
+        raise ValueError(f"module: no module {module!r}; to run a claim by id use gracheck.claims.get(id).check()") from None
+    if not isinstance(getattr(mod, "CLAIM", None), Claim) or not hasattr(mod, "CONFIGS"):
+        raise ValueError(f"module: {getattr(mod, '__name__', mod)!r} is not an experiment module (no CLAIM and "
+                         "CONFIGS); to run a claim by id use gracheck.claims.get(id).check()")
     claim_id = mod.CLAIM.id
     config = mod.CONFIGS[scale]
     cfg = config_dict(config)

@@ -93,7 +93,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.base import stats, verdicts
+from gracheck.base import stats as bstats
+from gracheck.base import verdicts
 from gracheck.base.evidence import CheckResult, decided
 from gracheck.base.files import save_figure
 from gracheck.data.synthetic import NONLINEARITIES, make_synthetic, nonlinearity_fn
@@ -224,7 +225,7 @@ def _expected_sq(xr: Tensor, m: Tensor, v: Tensor, nonlinearity: str, gh: tuple[
 
 def gauss_hermite(k: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     """The ``k``-node rule of :func:`gracheck.base.stats.gauss_hermite` as tensors: E g(u) = Σ w g(m + √v x)."""
-    x, w = stats.gauss_hermite(k)
+    x, w = bstats.gauss_hermite(k)
     return torch.as_tensor(x, dtype=dtype, device=device), torch.as_tensor(w, dtype=dtype, device=device)
 
 
@@ -557,11 +558,11 @@ def setting_statistics(data: dict[str, Any], cfg: Config, seed: int) -> dict[str
                 continue
             e, a = elbo_all[sel], ang_all[sel]
             rng = np.random.default_rng([seed, si, ci])
-            med, *med_ci = stats.bootstrap_ci(
+            med, *med_ci = bstats.bootstrap_ci(
                 lambda e_, a_: near_optimal_median(e_, a_, cfg.near_opt_fraction), e, a, B=cfg.bootstrap,
                 level=cfg.ci_level, rng=rng,
             )
-            rho, *rho_ci = stats.bootstrap_ci(spearman, e, a, B=cfg.bootstrap, level=cfg.ci_level, rng=rng)
+            rho, *rho_ci = bstats.bootstrap_ci(spearman, e, a, B=cfg.bootstrap, level=cfg.ci_level, rng=rng)
             out[_setting_key(s["nonlinearity"], s["amortised"], c)] = {
                 "median_abs_angle": med,
                 "median_ci": med_ci,
@@ -647,7 +648,7 @@ def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring (three one-sided tests per setting) to ``res.data``."""
     cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
-    stats_ = setting_statistics(res.data, cfg, seed)
+    stats = setting_statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"
     paper_runs = CONFIGS["paper"].trials_per_setting
     out: list[CheckResult] = []
@@ -661,7 +662,7 @@ def check(res: ExperimentResult) -> list[CheckResult]:
 
     for s in res.data["settings"]:
         base = _setting_key(s["nonlinearity"], s["amortised"])
-        dg, fu = stats_.get(f"{base}/diagonal"), stats_.get(f"{base}/full")
+        dg, fu = stats.get(f"{base}/diagonal"), stats.get(f"{base}/full")
         own = " vs own optimum" if s.get("reference_elbo") is not None else ""
         if dg is not None:
             lo, hi = dg["median_ci"]

@@ -86,7 +86,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.base import stats, verdicts
+from gracheck.base import stats as bstats
+from gracheck.base import verdicts
 from gracheck.base.evidence import CheckResult, decided
 from gracheck.base.files import save_figure
 from gracheck.base.validate import check_positive_int
@@ -257,8 +258,8 @@ def bootstrap_median_ci(
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"x: expected a non-empty 1-D array, got shape {x.shape}")
     if y is None:
-        return stats.bootstrap_ci(np.nanmedian, x, B=B, level=level, rng=rng)
-    return stats.bootstrap_ci(lambda a, b: np.nanmedian(a) - np.nanmedian(b), x, y, B=B, level=level, rng=rng)
+        return bstats.bootstrap_ci(np.nanmedian, x, B=B, level=level, rng=rng)
+    return bstats.bootstrap_ci(lambda a, b: np.nanmedian(a) - np.nanmedian(b), x, y, B=B, level=level, rng=rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,11 +449,11 @@ def check(res: ExperimentResult) -> list[CheckResult]:
     """Apply the decision rule of the module docstring to every (b, d, β) setting in ``res.data``."""
     cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
-    stats_ = setting_statistics(res.data, cfg, seed)
+    stats = setting_statistics(res.data, cfg, seed)
     lvl = f"{cfg.ci_level:.0%}"
     paper_n = CONFIGS["paper"].n_test
     out: list[CheckResult] = []
-    for key, st in stats_.items():
+    for key, st in stats.items():
         n = st["n"]
         diff, lo, hi = st["diff"]
         fb, fc = st["frac_block"][0], st["frac_control"][0]

@@ -90,7 +90,6 @@ trained for 5,000 steps on the official train split.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -105,7 +104,7 @@ from torch import Tensor
 from gracheck.base import verdicts
 from gracheck.base.evidence import CheckResult, decided
 from gracheck.base.files import save_figure
-from gracheck.base.stats import percentile_interval
+from gracheck.base.stats import derive_seed, percentile_interval
 from gracheck.base.validate import check_positive_int
 from gracheck.experiments import _zoo
 from gracheck.experiments._common import (
@@ -310,10 +309,6 @@ def heldout_fits(heldout: np.ndarray, held_idx: np.ndarray) -> list[tuple[Any, A
     return [fit_gaussian(heldout[idx]) for idx in held_idx]
 
 
-def _seed(*keys: Any) -> int:
-    return int.from_bytes(hashlib.sha256(repr(keys).encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
 def _bkey(beta: float) -> str:
     return f"{float(beta):g}"
 
@@ -468,12 +463,12 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                     model, tres = trained(tc)
                     train_s += float(tres.get("seconds", 0.0))
                     model_eval[f"{m},beta={k},seed={s}"] = tres.get("eval_metrics", {})
-                    x = prior_samples(model, config.n_samples, seed=_seed("fig4-z", s, k), device=device,
+                    x = prior_samples(model, config.n_samples, seed=derive_seed("fig4-z", s, k), device=device,
                                       batch=config.eval_batch)
                     feats = fid.domain_features(fnet, x).numpy()
                     kid_m, kid_se = fid.kid(feats, f_held, subset_size=min(config.kid_subset_size, config.n_samples,
                                                                            config.n_heldout),
-                                            n_subsets=config.kid_subsets, seed=_seed("fig4-kid", s, k, m))
+                                            n_subsets=config.kid_subsets, seed=derive_seed("fig4-kid", s, k, m))
                     entry = {
                         "seed": s, "features": feats, "hf": hf_energy_fraction(x, config.hf_cutoff).numpy(),
                         "kid": kid_m, "kid_se": kid_se,
@@ -510,7 +505,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         real_boot = hierarchical_bootstrap([{"features": f_real, "hf": hf_real}], f_held, B=B, rng=rng, held_idx=held_idx,
                                            held_fits=hfits)
         kid_real = fid.kid(f_real, f_held, subset_size=min(config.kid_subset_size, config.n_samples, config.n_heldout),
-                           n_subsets=config.kid_subsets, seed=_seed("fig4-kid-real", seed))
+                           n_subsets=config.kid_subsets, seed=derive_seed("fig4-kid-real", seed))
 
     data: dict[str, Any] = {
         "betas": [float(b) for b in config.betas],
