@@ -59,6 +59,44 @@ def test_bernoulli_log_prob_and_hessian_vs_autograd(logits):
         torch.testing.assert_close(obs.hess_diag(x, g), -1 / (1 - x - g) ** 2, rtol=1e-12, atol=0)
 
 
+def _bernoulli_logit_log_prob_mp(x, ell, digits=50):
+    """Reference: Σᵢ xᵢ log σ(ℓᵢ) + (1 − xᵢ) log σ(−ℓᵢ) at ``digits`` significant digits (mpmath),
+    with log σ(t) = −log(1 + e^{−t}); x and ℓ are read exactly from their float64 values."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        total = mpmath.mpf(0)
+        for xi, li in zip(x.tolist(), ell.tolist()):
+            xi, li = mpmath.mpf(xi), mpmath.mpf(li)
+            total += -xi * mpmath.log1p(mpmath.exp(-li)) - (1 - xi) * mpmath.log1p(mpmath.exp(li))
+        return float(total)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_bernoulli_logit_log_prob_exact_at_large_logits(sign):
+    """Issue 13 "Also": log p = xℓ − softplus(ℓ) with torch's softplus threshold (20) drops
+    log1p(e^−|ℓ|) for ℓ > 20, and xℓ − softplus(ℓ) cancels for x = 1, ℓ ≫ 1. Compared with a
+    50-digit mpmath evaluation on both sides (ℓ → ±∞), with binary and fractional x. Tolerance
+    ``bernoulli-logit-exact`` in the tolerance table (a sum of ≤ 6 same-signed float64 terms)."""
+    from gracheck.claims.tolerances import tol
+
+    t = tol("bernoulli-logit-exact")
+    ell = sign * torch.tensor([[20.5, 24.0, 27.0, 31.0, 35.0, 40.0], [50.0, 100.0, 200.0, 400.0, 600.0, 700.0]], dtype=DT)
+    for x in (torch.ones(2, 6, dtype=DT), torch.zeros(2, 6, dtype=DT), torch.full((2, 6), 0.3, dtype=DT),
+              torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.25, 1.0]] * 2, dtype=DT)):
+        got = gc.BernoulliObs(logits=True).log_prob(x, ell)
+        for b in range(2):
+            ref = _bernoulli_logit_log_prob_mp(x[b], ell[b])
+            assert abs(float(got[b]) - ref) <= t.atol + t.rtol * abs(ref), (x[b].tolist(), ell[b].tolist(), float(got[b]), ref)
+    # the gradient and Hessian in ℓ stay exact too: x − σ(ℓ) and −σ(ℓ)σ(−ℓ), which underflow only past |ℓ| ≈ 745
+    x = torch.ones(1, 6, dtype=DT) if sign > 0 else torch.zeros(1, 6, dtype=DT)
+    ell = sign * torch.tensor([[20.5, 24.0, 27.0, 31.0, 35.0, 40.0]], dtype=DT)
+    obs = gc.BernoulliObs(logits=True)
+    exact = torch.exp(-ell.abs())  # σ(−|ℓ|) = e^{−|ℓ|}/(1 + e^{−|ℓ|}) = e^{−|ℓ|}(1 − O(e^{−20}))
+    torch.testing.assert_close(obs.grad(x, ell).abs(), exact, rtol=1e-8, atol=0)
+    torch.testing.assert_close(-obs.hess_diag(x, ell), exact, rtol=1e-8, atol=0)
+
+
 def test_observation_bad_input():
     with pytest.raises(ValueError, match="variance"):
         gc.GaussianObs(0.0)

@@ -146,6 +146,15 @@ TOLERANCES: dict[str, Tolerance] = {
         rtol=0.0,
         reason="|z| ≤ 5 standard errors: false-fail probability < 6e-7 for a CLT-normal mean (N ≥ 4000)",
     ),
+    # BernoulliObs(logits=True).log_prob against a 50-digit mpmath sum: each term −x·softplus(−ℓ) −
+    # (1 − x)·softplus(ℓ) is one logaddexp (exact to ≤ 2 ulp) times x, and ≤ 6 same-signed terms
+    # are summed, so the relative error is ≤ ~8·2⁻⁵³ ≈ 1e-15. The threshold-20 softplus missed by
+    # 1.3e-9 nats (ℓ in 20.5–40), and xℓ − softplus(ℓ) loses all digits of a 1e-17 term at x = 1.
+    "bernoulli-logit-exact": Tolerance(
+        atol=1e-300,
+        rtol=2e-15,
+        reason="≤ 6 same-signed float64 terms, each one logaddexp (≤ 2 ulp): ≤ 1e-15 relative; the old form was off by 1.3e-9 nats",
+    ),
     # Fitted log-log slopes (diffrax-style order checks).
     "rate-slope": Tolerance(
         atol=0.15,
