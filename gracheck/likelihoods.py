@@ -12,15 +12,16 @@ import math
 import torch
 from torch import Tensor
 
-from gracheck._validate import _is_traced, check_tensor
+from gracheck._validate import FLOAT_DTYPES, _is_traced, check_tensor
 
 
 def _flat_pair(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    check_tensor("x", x, min_dim=1)
-    check_tensor("g", g, min_dim=1)
+    """x, g ``[B, ...]`` flattened to ``[B, D]`` (B = 0 allowed: an empty batch gives an empty result)."""
+    check_tensor("x", x, min_dim=1, dtypes=FLOAT_DTYPES)
+    check_tensor("g", g, min_dim=1, dtypes=FLOAT_DTYPES)
     if x.shape[0] != g.shape[0]:
         raise ValueError(f"x, g: batch sizes differ ({x.shape[0]} vs {g.shape[0]})")
-    xf, gf = x.reshape(x.shape[0], -1), g.reshape(g.shape[0], -1)
+    xf, gf = x.reshape(x.shape[0], math.prod(x.shape[1:])), g.reshape(g.shape[0], math.prod(g.shape[1:]))
     if xf.shape != gf.shape:
         raise ValueError(f"x, g: shapes {tuple(x.shape)} and {tuple(g.shape)} do not flatten to the same [B, D]")
     return xf, gf

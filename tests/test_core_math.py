@@ -143,3 +143,96 @@ def test_bad_inputs_named():
         gc.hadamard_bound(J, "1")
     with pytest.raises(ValueError, match="cov"):
         gc.gaussian_kl(torch.zeros(2, dtype=DT), -torch.eye(2, dtype=DT))
+
+
+# ------------------------------------------------------------------ inputs that gave silent wrong results (issue 17, item 6)
+
+
+def test_hadamard_bound_with_positive_hess_diag_raises_instead_of_nan():
+    """A positive diag(H_p) large enough that 1 − (JᵀH_pJ)ᵢᵢ/β ≤ 0 made log1p return NaN, while
+    grae_regularizer raised; both now raise, naming hess_diag. A positive diag(H_p) whose
+    diagonal stays positive still gives the (finite) value of Eq. 14's left-hand side."""
+    J = _rand(2, 5, 2, seed=11)
+    h = torch.full((2, 5), 5.0, dtype=DT)
+    with pytest.raises(ValueError, match="hess_diag: .*not positive definite"):
+        gc.grae_regularizer(J, 0.1, h)
+    with pytest.raises(ValueError, match="hess_diag: .*≤ 0"):
+        gc.hadamard_bound(J, 0.1, h)
+    small = torch.full((2, 5), 1e-3, dtype=DT)
+    val = gc.hadamard_bound(J, 10.0, small)
+    ref = 5.0 * torch.log1p(-(J.pow(2) * 1e-3).sum(-2) / 10.0).sum(-1)
+    torch.testing.assert_close(val, ref, rtol=RTOL, atol=0.0)
+
+
+@pytest.mark.parametrize("fn", ["grae_regularizer", "hadamard_bound", "taylor_gap", "optimal_covariance", "gaussian_kl"])
+def test_complex_inputs_are_refused(fn):
+    """Complex J (or H, Sigma, cov) was accepted and gave complex 'nats'; now a TypeError names the argument."""
+    J = _rand(2, 5, 2, seed=12).to(torch.complex128)
+    S = torch.eye(2, dtype=torch.complex128).expand(2, 2, 2)
+    call = {
+        "grae_regularizer": lambda: gc.grae_regularizer(J, 0.5),
+        "hadamard_bound": lambda: gc.hadamard_bound(J, 0.5),
+        "taylor_gap": lambda: gc.taylor_gap(J.real, S, 0.5),
+        "optimal_covariance": lambda: gc.optimal_covariance(-S, 0.5),
+        "gaussian_kl": lambda: gc.gaussian_kl(torch.zeros(2, 2, dtype=DT), S),
+    }[fn]
+    name = {"taylor_gap": "Sigma", "optimal_covariance": "H", "gaussian_kl": "cov"}.get(fn, "J")
+    with pytest.raises(TypeError, match=f"{name}: expected a real floating-point tensor"):
+        call()
+
+
+def test_beta_must_broadcast_to_the_batch_shape():
+    """β of shape [B, 1] used to broadcast against J [B, D, d] into a [B, B] result. β is a scalar
+    or a tensor broadcasting to the batch dimensions without enlarging them; otherwise ValueError."""
+    J = _rand(3, 5, 2, seed=13)
+    H = -(J.mT @ J)
+    for bad in (torch.tensor([[0.1], [0.2], [0.3]], dtype=DT), torch.tensor([0.1, 0.2], dtype=DT),
+                torch.full((2, 3), 0.5, dtype=DT)):
+        for call in (lambda b: gc.grae_regularizer(J, b), lambda b: gc.hadamard_bound(J, b),
+                     lambda b: gc.optimal_covariance(H, b), lambda b: gc.taylor_gap(J, torch.eye(2, dtype=DT), b)):
+            with pytest.raises(ValueError, match=r"beta: shape .* batch shape \(3,\)"):
+                call(bad)
+    beta = torch.tensor([0.1, 0.2, 0.3], dtype=DT)  # one β per example: the documented meaning
+    got = gc.grae_regularizer(J, beta)
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, torch.stack([gc.grae_regularizer(J[i], float(beta[i])) for i in range(3)]),
+                               rtol=RTOL, atol=0.0)
+    assert gc.grae_regularizer(J, torch.tensor(0.2, dtype=DT)).shape == (3,)
+
+
+# ------------------------------------------------------------------ unclear tracebacks (issue 17, item 7)
+
+
+def test_empty_batch_gives_empty_results():
+    """Leading batch dimensions of size 0: the pure functions return an empty result of the batch shape
+    (the documented meaning) instead of failing inside a reduction."""
+    J = torch.zeros(0, 5, 2, dtype=DT)
+    S = torch.eye(2, dtype=DT).expand(0, 2, 2)
+    assert gc.grae_regularizer(J, 0.5).shape == (0,)
+    assert gc.hadamard_bound(J, 0.5).shape == (0,)
+    assert gc.taylor_gap(J, S, 0.5).shape == (0,)
+    assert gc.optimal_covariance(-S, 0.5).shape == (0, 2, 2)
+    assert gc.gaussian_kl(torch.zeros(0, 2, dtype=DT), S).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_with_what_is_supported(dtype):
+    """float16/bfloat16 failed deep inside Cholesky ("cholesky_cpu" not implemented) or silently summed
+    D terms in 8–11 bits; every public function now says float32 and float64 are supported."""
+    J = _rand(2, 5, 2, seed=14).to(dtype)
+    S = torch.eye(2, dtype=dtype).expand(2, 2, 2)
+    for call, name in ((lambda: gc.grae_regularizer(J, 0.5), "J"), (lambda: gc.hadamard_bound(J, 0.5), "J"),
+                       (lambda: gc.taylor_gap(J, S, 0.5), "J"), (lambda: gc.optimal_covariance(-S, 0.5), "H"),
+                       (lambda: gc.gaussian_kl(torch.zeros(2, 2, dtype=dtype), S), "mean")):
+        with pytest.raises(TypeError, match=f"{name}: dtype torch.{str(dtype).split('.')[-1]} is not supported.*float32 or float64"):
+            call()
+
+
+def test_mixed_dtypes_are_named():
+    J = _rand(2, 5, 2, seed=15)
+    with pytest.raises(TypeError, match="Sigma: dtype torch.float32 differs from J's torch.float64"):
+        gc.taylor_gap(J, torch.eye(2), 0.5)
+    with pytest.raises(TypeError, match="hess_diag: dtype torch.float32 differs from J's torch.float64"):
+        gc.grae_regularizer(J, 0.5, -torch.ones(2, 5))
+    with pytest.raises(TypeError, match="cov: dtype torch.float32 differs from mean's torch.float64"):
+        gc.gaussian_kl(torch.zeros(2, 2, dtype=DT), torch.eye(2).expand(2, 2, 2))
