@@ -18,10 +18,18 @@ Conventions. ``hess_diag`` is the diagonal of H_p = ∇²_g log p(x; g) ``[..., 
 (≥ 0 for the log-concave models here), the Gauss–Newton curvature is
 M = JᵀWJ ``[..., d, d]`` and A = I + M/β = I − JᵀH_pJ/β.
 
-Numerics: log-determinants come from Cholesky factors of SPD matrices, log(1+·)
-from ``log1p``, inverses from ``cholesky_inverse``/triangular solves; the Taylor
-gap is summed as Σ (λ − 1 − log λ) over the eigenvalues of the symmetric
-L_Aᵀ Σ L_A, which stays accurate when the gap is tiny.
+Numerics: for W ≥ 0 (H_p negative semidefinite: the Gaussian and Bernoulli models),
+A = I + JᵀWJ/β is factored as RᵀR by a QR decomposition of the stacked matrix
+[W^{1/2}J/√β; I] ``[..., D + d, d]``, never forming the Gram matrix JᵀWJ, whose
+condition number is the square of J's: in float32, with singular values of J up to
+1e3 and β = 0.02, Cholesky of the Gram form failed or gave gradients off by up to 180%,
+while the QR route stays within float32's perturbation bound (about 1e-6 relative on
+the value, 1e-3 on the gradient; tests/test_core_math.py). Only when some diag(H_p) > 0
+can A be indefinite; then A is formed and Cholesky-factored, and a failure is reported.
+log(1+·) comes from ``log1p``, inverses from ``cholesky_inverse``; the Taylor gap is
+summed as Σ (λ − 1 − log λ) over the eigenvalues of the symmetric R Σ Rᵀ (similar to
+AΣ), which stays accurate when the gap is tiny. ``optimal_covariance`` receives H
+itself, so there is no squaring to avoid there.
 """
 
 from __future__ import annotations
@@ -89,6 +97,38 @@ def _curvature(J: Tensor, hess_diag: Tensor | None) -> Tensor:
     return Jt @ J if W is None else Jt @ (J * W.unsqueeze(-1))
 
 
+def _root(W: Tensor) -> Tensor:
+    """W^{1/2} for W ≥ 0, with derivative 0 (not ∞) where W = 0 exactly: there the factor
+    [W^{1/2}J/√β; I] loses the direction, so d/dW at an exact 0 is taken as 0. The library's
+    observation models reach W = 0 only by underflow, where their own dW/dg is 0 as well."""
+    pos = W > 0
+    return torch.where(pos, torch.where(pos, W, torch.ones_like(W)).sqrt(), torch.zeros_like(W))
+
+
+def _factor(J: Tensor, W: Tensor | None, nonneg: bool, beta, name: str) -> Tensor:
+    """An upper-triangular R ``[..., d, d]`` with RᵀR = A = I + JᵀWJ/β (see Numerics above).
+
+    W ≥ 0: R from the QR decomposition of [W^{1/2}J/√β; I] (no Gram matrix; A is positive
+    definite by construction). Otherwise: A is formed and its Cholesky factor L gives R = Lᵀ;
+    ValueError naming ``name`` if A is not positive definite.
+    """
+    b = _beta_b(beta, J, 2)
+    if nonneg:
+        F = J if W is None else J * _root(W).unsqueeze(-1)
+        F = F / (math.sqrt(b) if isinstance(b, float) else torch.sqrt(b))
+        d = F.shape[-1]
+        eye = torch.eye(d, dtype=F.dtype, device=F.device).expand(*F.shape[:-2], d, d)
+        return torch.linalg.qr(torch.cat([F, eye], dim=-2)).R
+    M = J.transpose(-1, -2) @ (J * W.unsqueeze(-1))
+    A = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device) + M / b
+    return cholesky(name, A, "I − JᵀH_pJ/β").transpose(-1, -2)
+
+
+def _logdet_r(R: Tensor) -> Tensor:
+    """log det(RᵀR) = 2 Σᵢ log |Rᵢᵢ| (QR may give negative diagonal entries)."""
+    return 2 * torch.log(torch.diagonal(R, dim1=-2, dim2=-1).abs()).sum(-1)
+
+
 def _check_J(J: Tensor) -> None:
     check_tensor("J", J, min_dim=2, dtypes=FLOAT_DTYPES)
 
@@ -134,10 +174,8 @@ def grae_regularizer(J: Tensor, beta: float | Tensor, hess_diag: Tensor | None =
     """
     _check_J(J)
     beta = check_beta(beta, _batch_shape(J, hess_diag))
-    M = _curvature(J, hess_diag)
-    A = _eye_like(M) + M / _beta_b(beta, J, 2)
-    L = cholesky("hess_diag" if hess_diag is not None else "J", A, "I − JᵀH_pJ/β")
-    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    W, nonneg = _weights(J, hess_diag)
+    logdet = _logdet_r(_factor(J, W, nonneg, beta, "hess_diag"))
     return 0.5 * _beta_b(beta, logdet, 0) * logdet
 
 
@@ -183,10 +221,10 @@ def taylor_gap(J: Tensor, Sigma: Tensor, beta: float | Tensor, hess_diag: Tensor
         raise ValueError(f"Sigma: shape {tuple(Sigma.shape)} does not match J's d = {J.shape[-1]}")
     check_symmetric("Sigma", Sigma)
     beta = check_beta(beta, _batch_shape(J, hess_diag, Sigma))
-    A = _eye_like(Sigma) + _curvature(J, hess_diag) / _beta_b(beta, J, 2)
-    LA = cholesky("J", A, "I − JᵀH_pJ/β")
+    W, nonneg = _weights(J, hess_diag)
+    R = _factor(J, W, nonneg, beta, "J")  # RᵀR = A
     cholesky("Sigma", Sigma, "Sigma")  # SPD check with a clear message
-    S = LA.transpose(-1, -2) @ Sigma @ LA  # similar to AΣ, symmetric
+    S = R @ Sigma @ R.transpose(-1, -2)  # similar to AΣ = RᵀRΣ, symmetric
     S = 0.5 * (S + S.transpose(-1, -2))
     lam = torch.linalg.eigvalsh(S)
     u = lam - 1

@@ -236,3 +236,117 @@ def test_mixed_dtypes_are_named():
         gc.grae_regularizer(J, 0.5, -torch.ones(2, 5))
     with pytest.raises(TypeError, match="cov: dtype torch.float32 differs from mean's torch.float64"):
         gc.gaussian_kl(torch.zeros(2, 2, dtype=DT), torch.eye(2).expand(2, 2, 2))
+
+
+# ------------------------------------------------------------------ float32 log-determinants (issue 17, item 9)
+
+
+def _jacobian_with_singular_values(s: torch.Tensor, D: int, seed: int, weights: torch.Tensor | None = None):
+    """J [D, d] with W^{1/2}J = U diag(s) Vᵀ exactly known (U, V orthonormal, float64), and the closed forms
+    of β/2 Σ log1p(s²/β) and of its gradient W J A⁻¹ = W^{1/2} U diag(s/(1 + s²/β)) Vᵀ."""
+    g = torch.Generator().manual_seed(seed)
+    d = s.shape[0]
+    U, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=DT))
+    V, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=DT))
+    root = torch.ones(D, dtype=DT) if weights is None else weights.sqrt()
+    J = (U * s) @ V.T / root[:, None]
+
+    def value(beta):
+        return beta / 2 * torch.log1p(s**2 / beta).sum()
+
+    def grad(beta):
+        return root[:, None] * (U * (s / (1 + s**2 / beta))) @ V.T
+
+    return J, value, grad
+
+
+@pytest.mark.parametrize("beta", [0.02, 0.05, 0.1, 0.3, 1.0])
+@pytest.mark.parametrize("weighted", [False, True], ids=["gaussian", "bernoulli-like"])
+def test_grae_regularizer_float32_matches_float64_closed_form(beta, weighted):
+    """I + JᵀWJ/β is positive definite for every J, W ≥ 0 and β > 0, but forming the Gram matrix in
+    float32 squares J's condition number: with singular values 1e-3..1e3 and β = 0.02 (the paper's
+    smallest CelebA β) Cholesky failed ("not positive definite") or the gradient was off by up to 180%.
+    Route 1: grae_regularizer on float32 J (value, and its gradient by autograd). Route 2: the closed
+    forms from the singular values we built J from, in float64. Tolerances: ``float32-logdet-value``
+    and ``float32-logdet-grad`` (tolerance table, with the perturbation bounds behind them)."""
+    from gracheck.claims.tolerances import tol
+
+    tv, tg = tol("float32-logdet-value"), tol("float32-logdet-grad")
+    s = torch.logspace(-3, 3, 7, dtype=DT)
+    D = 40
+    for seed in range(4):
+        W = torch.rand(D, generator=torch.Generator().manual_seed(100 + seed), dtype=DT) * 0.25 + 1e-3 if weighted else None
+        J, value, grad = _jacobian_with_singular_values(s, D, seed, W)
+        J32 = J.float().requires_grad_(True)
+        h32 = None if W is None else (-W).float()
+        got = gc.grae_regularizer(J32, beta, h32)
+        (g32,) = torch.autograd.grad(got, J32)
+        got = got.detach()
+        ref, gref = float(value(beta)), grad(beta)
+        assert abs(float(got) - ref) <= tv.atol + tv.rtol * abs(ref), (seed, float(got), ref)
+        rel = float(torch.linalg.norm(g32.double() - gref) / torch.linalg.norm(gref))
+        assert rel <= tg.rtol, (seed, rel)
+        # float64 through the same code: the closed form to float64 rounding
+        got64 = gc.grae_regularizer(J, beta, None if W is None else -W)
+        assert abs(float(got64) - ref) <= 1e-12 * abs(ref)
+
+
+@pytest.mark.parametrize("beta", [0.02, 0.3])
+def test_taylor_gap_float32_matches_float64_closed_form(beta):
+    """The same squaring sat in taylor_gap's A = I + JᵀJ/β (at β = 0.02 float32 Cholesky failed for
+    about half of these J). Route 1: float32 taylor_gap. Route 2: the closed form
+    β/2 [tr(AΣ) − log det(AΣ) − d] with A = V diag(1 + s²/β) Vᵀ from the singular values, float64."""
+    from gracheck.claims.tolerances import tol
+
+    t = tol("float32-logdet-value")
+    s = torch.logspace(-3, 3, 5, dtype=DT)
+    for seed in range(8):
+        J, _, _ = _jacobian_with_singular_values(s, 40, seed)
+        _, sv, Vh = torch.linalg.svd(J, full_matrices=False)  # s again (sorted) and the V that goes with it
+        M = torch.randn(5, 5, generator=torch.Generator().manual_seed(50 + seed), dtype=DT)
+        Sig = M @ M.T / 5 + 0.5 * torch.eye(5, dtype=DT)
+        a = 1 + sv**2 / beta
+        ref = beta / 2 * (float((a * torch.diagonal(Vh @ Sig @ Vh.T)).sum()) - float(torch.log(a).sum())
+                          - float(torch.logdet(Sig)) - 5)
+        got = float(gc.taylor_gap(J.float(), Sig.float(), beta))
+        assert abs(got - ref) <= t.atol + t.rtol * abs(ref), (seed, got, ref)
+
+
+def test_indefinite_matrices_still_raise():
+    """Only the W ≥ 0 case is factored without the Gram matrix; with positive diag(H_p) the matrix can be
+    truly indefinite, and grae_regularizer and taylor_gap still say so (float32 and float64)."""
+    J = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=DT)
+    h = torch.tensor([3.0, -1.0, -1.0], dtype=DT)  # I − JᵀH_pJ/β at β = 1 has eigenvalue −1
+    for dt in (torch.float32, DT):
+        with pytest.raises(ValueError, match="hess_diag: I − JᵀH_pJ/β is not positive definite"):
+            gc.grae_regularizer(J.to(dt), 1.0, h.to(dt))
+        with pytest.raises(ValueError, match="not positive definite"):
+            gc.taylor_gap(J.to(dt), torch.eye(2, dtype=dt), 1.0, h.to(dt))
+    # a positive diag(H_p) that leaves the matrix positive definite: value by the Cholesky route
+    hs = torch.tensor([0.1, -1.0, -1.0], dtype=DT)
+    A = torch.eye(2, dtype=DT) - J.T @ (J * hs[:, None])
+    torch.testing.assert_close(gc.grae_regularizer(J, 1.0, hs), 0.5 * torch.logdet(A), rtol=RTOL, atol=0.0)
+
+
+def test_grae_regularizer_gradients_vs_gram_cholesky_route_float64():
+    """float64, well conditioned: the QR route's value and gradients (J and hess_diag) against the
+    Gram-matrix + Cholesky route written out here. At an entry where hess_diag is exactly 0 the
+    derivative with respect to that entry is 0 by definition (documented in objectives._root); the
+    J gradient there is exact."""
+    J = _rand(3, 9, 4, seed=21)
+    h = -torch.rand(3, 9, generator=torch.Generator().manual_seed(22), dtype=DT) - 0.05
+    h[1, 4] = 0.0
+    beta = 0.4
+    Jq, hq = J.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    Jc, hc = J.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    got = gc.grae_regularizer(Jq, beta, hq)
+    A = torch.eye(4, dtype=DT) - Jc.mT @ (Jc * hc.unsqueeze(-1)) / beta
+    ref = beta / 2 * torch.logdet(A)
+    torch.testing.assert_close(got, ref, rtol=RTOL, atol=0.0)
+    gJ, gh = torch.autograd.grad(got.sum(), (Jq, hq))
+    rJ, rh = torch.autograd.grad(ref.sum(), (Jc, hc))
+    torch.testing.assert_close(gJ, rJ, rtol=1e-9, atol=1e-12)
+    mask = torch.ones_like(h, dtype=torch.bool)
+    mask[1, 4] = False
+    torch.testing.assert_close(gh[mask], rh[mask], rtol=1e-9, atol=1e-12)
+    assert float(gh[1, 4]) == 0.0 and float(rh[1, 4]) != 0.0
