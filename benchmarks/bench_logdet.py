@@ -10,8 +10,9 @@ sides interleaved (medians over repeats):
   (B = 64, D = 784, d = 12) and a CelebA-like one (B = 16, D = 12288, d = 32);
 * ``train_step``: one whole GRAE (Eq. 13) training step of the trainer (the objective
   module of :mod:`gracheck.train`, training-mode BatchNorm, backward, Adam) on the
-  Appendix D MNIST model, with ``gracheck.objectives.grae_regularizer`` swapped between
-  the two forms; the ratio is QR / Gram.
+  Appendix D MNIST model (``--width``) and on a 784-256-12 MLP, with
+  ``gracheck.objectives.grae_regularizer`` swapped between the two forms; the ratio is
+  QR / Gram. The smaller the network, the larger the regulariser's share of the step.
 
 On a GPU (``--device cuda``) batched QR of tall matrices runs as one cuSOLVER call per
 matrix, so the ratio there may differ from the CPU's: measure it before training full GRAE
@@ -90,35 +91,38 @@ def main() -> None:
         med = _interleaved({"gram": run(_gram_regularizer), "qr": run(_library)}, max(args.repeats, 7), dev)
         reg[name] = {"shape": [B, D, d], "seconds": med, "ratio_qr_to_gram": med["qr"] / med["gram"]}
 
-    cfg = TrainConfig(model="grae", latent_dim=12, width=args.width, batch_size=64, beta=beta)
-    net = _build(cfg).to(dev)
-    obj = _Objective(net, cfg, _make_obs(cfg), None)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-5)
     x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(dev)
+    steps = {}
+    for name, kw, reps in (("conv", dict(width=args.width), args.repeats), ("mlp", dict(arch="mlp", hidden=(256,)), 4 * args.repeats)):
+        cfg = TrainConfig(model="grae", latent_dim=12, batch_size=64, beta=beta, **kw)
+        net = _build(cfg).to(dev)
+        obj = _Objective(net, cfg, _make_obs(cfg), None)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-5)
 
-    def step(fn):
-        def go():
-            objectives.grae_regularizer = fn
-            try:
-                opt.zero_grad(set_to_none=True)
-                (-obj(x, None)["objective"].mean()).backward()
-                opt.step()
-            finally:
-                objectives.grae_regularizer = _library
+        def step(fn, obj=obj, opt=opt):
+            def go():
+                objectives.grae_regularizer = fn
+                try:
+                    opt.zero_grad(set_to_none=True)
+                    (-obj(x, None)["objective"].mean()).backward()
+                    opt.step()
+                finally:
+                    objectives.grae_regularizer = _library
 
-        return go
+            return go
 
-    med = _interleaved({"gram": step(_gram_regularizer), "qr": step(_library)}, args.repeats, dev)
+        med = _interleaved({"gram": step(_gram_regularizer), "qr": step(_library)}, reps, dev)
+        steps[name] = {"seconds": med, "ratio_qr_to_gram": med["qr"] / med["gram"], "repeats": reps}
     out = {
         "benchmark": "bench_logdet",
         "setting": {"dtype": "float32", "device": str(dev), "threads": args.threads, "beta": beta, "torch": torch.__version__,
-                    "train_step": {"model": "grae (Eq. 13)", "net": "MNIST Appendix D", "width": args.width,
-                                   "batch": 64, "latent_dim": 12, "batchnorm": "train"}},
+                    "train_step": {"model": "grae (Eq. 13)", "conv": f"MNIST Appendix D, width {args.width}",
+                                   "mlp": "784-256-12 ELU", "batch": 64, "latent_dim": 12, "batchnorm": "train"}},
         "provenance": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "git_commit": _git_commit(), "command": " ".join(["python", *sys.argv]),
                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "regularizer": reg,
-        "train_step": {"seconds": med, "ratio_qr_to_gram": med["qr"] / med["gram"]},
+        "train_step": steps,
         "repeats": args.repeats,
     }
     print(json.dumps(out, indent=1))
