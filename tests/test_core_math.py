@@ -350,3 +350,24 @@ def test_grae_regularizer_gradients_vs_gram_cholesky_route_float64():
     mask[1, 4] = False
     torch.testing.assert_close(gh[mask], rh[mask], rtol=1e-9, atol=1e-12)
     assert float(gh[1, 4]) == 0.0 and float(rh[1, 4]) != 0.0
+
+
+@pytest.mark.parametrize("beta", [0.02, 1.0])
+def test_hadamard_bound_float32_matches_float64_closed_form(beta):
+    """hadamard_bound never forms JᵀJ (each term is a column's sum of squares), so float32 keeps its
+    accuracy over the same range as above. Route 1: float32 hadamard_bound and its autograd gradient.
+    Route 2: β/2 Σᵢ log1p(‖Jᵢ‖²/β) and ∂/∂Jᵢ = Jᵢ/(1 + ‖Jᵢ‖²/β) in float64."""
+    from gracheck.claims.tolerances import tol
+
+    tv, tg = tol("float32-logdet-value"), tol("float32-logdet-grad")
+    s = torch.logspace(-3, 3, 7, dtype=DT)
+    for seed in range(4):
+        J, _, _ = _jacobian_with_singular_values(s, 40, seed)
+        n2 = J.pow(2).sum(0)
+        ref = float(beta / 2 * torch.log1p(n2 / beta).sum())
+        gref = J / (1 + n2 / beta)
+        J32 = J.float().requires_grad_(True)
+        got = gc.hadamard_bound(J32, beta)
+        (g32,) = torch.autograd.grad(got, J32)
+        assert abs(float(got.detach()) - ref) <= tv.atol + tv.rtol * abs(ref), (seed, float(got), ref)
+        assert float(torch.linalg.norm(g32.double() - gref) / torch.linalg.norm(gref)) <= tg.rtol
