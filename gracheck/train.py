@@ -4,8 +4,10 @@ One run = one frozen :class:`TrainConfig` + one output folder::
 
     out/
       config.json              the config (also inside every checkpoint and result.json)
-      ckpt-00000050.pt …       model, optimiser, RNG states, step, config (last ``keep_checkpoints``)
+      ckpt-00000050.pt …       model, optimiser, RNG states, step, config and the SHA-256 digest of all
+                               of it (last ``keep_checkpoints``)
       latest                   name of the newest checkpoint
+      train.lock               held while a trainer runs here: its pid, host and start time
       log.csv, log.jsonl       every training step: step, each objective term, loss, grad_norm, lr, seconds
       eval.csv, eval.jsonl     every ``eval_every`` steps (and at step 0 and the end): the terms averaged
                                over ``eval_size`` held-out examples, BatchNorm in eval mode
@@ -54,10 +56,33 @@ reason. Evaluation uses eval mode (running statistics). Under DDP each process n
 its own slice of the batch (no SyncBatchNorm) and rank 0's running statistics are broadcast.
 
 Failure modes: a non-finite term stops the run with :class:`TrainingDiverged` naming the
-(1-based) step and the term, before the optimiser applies that step (the last checkpoint is
-the last good state); a corrupt checkpoint is reported by name and the previous one is used;
-resuming with a different config raises :class:`ConfigMismatchError` naming the fields
-(``steps`` alone may change, to extend a run).
+(1-based) step and the first non-finite underlying term (``log_px``, ``kl``, ``prior``,
+``regularizer``; ``objective`` only when those are finite and their combination is not), before
+the optimiser applies that step (the last checkpoint is the last good state). Every checkpoint
+records a SHA-256 digest of its payload (every tensor's bytes and every other value), verified
+on load: a checkpoint that is truncated, not a checkpoint, or whose digest does not match is
+named in a warning, renamed ``*.corrupt`` (kept, never deleted) and the previous one is used;
+checkpoints that pass verification are never set aside. Resuming with a different config raises
+:class:`ConfigMismatchError` naming the fields (``steps`` alone may change, to extend a run).
+
+One trainer per folder: the trainer holds ``OUT/train.lock`` (a :class:`FolderLock`) while it
+runs; a second one is refused with :class:`FolderLocked` naming the owner's pid. The kernel
+drops the lock when its holder dies (SIGKILL included), and the next trainer takes such a
+stale lock over with a warning naming the dead process.
+
+Signals: on SIGTERM or SIGINT (Ctrl-C) the trainer finishes the current step, writes a
+checkpoint, and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``), whose message
+names the checkpoint; ``python -m gracheck.train`` prints that one line on stderr and exits
+143 (SIGTERM) or 130 (SIGINT). ``--resume`` then continues bitwise as if uninterrupted. A
+second signal while the step finishes acts as usual (Ctrl-C raises KeyboardInterrupt at once,
+SIGTERM ends the process) and loses the steps since the last checkpoint.
+Under DDP the processes agree on the step to stop after (the flag rides on the per-step
+all-reduce that already exists).
+
+Exit codes of ``python -m gracheck.train``: 0 done; 1 an internal error (traceback); 2 bad
+options, config or data (also argparse's usage errors); 3 training diverged; 4 OUT is in use by
+another trainer; 5 OUT cannot be created or written (a parent is a file, no permission, ...);
+130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint.
 """
 
 from __future__ import annotations
@@ -66,6 +91,8 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import datetime
+import errno
 import hashlib
 import io
 import json
@@ -73,7 +100,10 @@ import math
 import gc
 import os
 import re
+import signal
+import socket
 import sys
+import threading
 import time
 import typing
 import warnings
@@ -93,6 +123,11 @@ __all__ = [
     "slim_checkpoint",
     "CheckpointError",
     "ConfigMismatchError",
+    "FolderLock",
+    "FolderLocked",
+    "OutDirError",
+    "TrainingInterrupted",
+    "payload_digest",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
@@ -103,8 +138,10 @@ __all__ = [
     "train",
 ]
 
-CKPT_FORMAT = "gracheck-train-checkpoint/1"
+CKPT_FORMAT = "gracheck-train-checkpoint/2"  # /2: the payload carries its SHA-256 digest ("sha256")
+_CKPT_FORMAT_V1 = "gracheck-train-checkpoint/1"  # before digests: still read (unverifiable), never written
 _CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+LOCK_NAME = "train.lock"
 OBS = ("gaussian", "bernoulli")
 TERMS = {
     "beta-vae": ("objective", "log_px", "kl"),
@@ -135,7 +172,218 @@ class ConfigMismatchError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or is not a gracheck training checkpoint."""
+    """A checkpoint file that cannot be read, is not a gracheck training checkpoint, or fails its digest."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped the run after a finished step; ``checkpoint`` holds that step.
+
+    A ``KeyboardInterrupt`` (so ``except Exception`` does not swallow it); ``exit_code`` is the
+    shell's 128 + signal number (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, signum: int, step: int, total: int, checkpoint: str) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"gracheck.train: stopped by {name} after step {step} of {total}; checkpoint {checkpoint} "
+                         f"(continue with --resume)")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class FolderLocked(RuntimeError):
+    """The folder is locked by another live process; ``owner`` holds what its lock file says (pid, host, started)."""
+
+    def __init__(self, message: str, owner: dict) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+class OutDirError(OSError):
+    """The output folder cannot be created or written (a parent is a file, no permission, ...)."""
+
+
+# ---------------------------------------------------------------------------------- folder lock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on a folder (a run folder, a cache entry) through one lock file.
+
+    ``FolderLock(path, what="run folder")``; ``acquire()`` / ``release()`` or ``with``. The holder
+    writes its pid, host, start time and command line into ``path``. Exclusion comes from an
+    advisory ``fcntl.flock`` on the file, which the kernel drops however the holder ends (SIGKILL
+    included): a second acquirer while the holder lives gets :class:`FolderLocked` naming the
+    owner's pid; an acquirer that finds the file but no holder takes the stale lock over with a
+    ``RuntimeWarning`` naming the dead owner. ``release()`` removes the file. Where ``flock`` is
+    not available (no ``fcntl``, or a file system without locks) the pid in the file decides: a
+    live pid on this host keeps the lock. Locks are per open file, so two holders in one process
+    exclude each other too.
+    """
+
+    def __init__(self, path, *, what: str = "run folder") -> None:
+        self.path = Path(path)
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _read(self, fd: int) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            raw = os.read(fd, 65536)
+            info = json.loads(raw.decode()) if raw.strip() else {}
+            return info if isinstance(info, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _busy(self, owner: dict) -> FolderLocked:
+        pid, host, started = owner.get("pid", "?"), owner.get("host", "?"), owner.get("started", "?")
+        return FolderLocked(
+            f"{self.what} {self.path.parent} is in use by pid {pid} on {host} (since {started}; lock file "
+            f"{self.path}); wait for it to finish or stop it. A lock whose process has died is taken over "
+            "automatically.", owner)
+
+    def acquire(self) -> FolderLock:
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: this FolderLock is already held")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                kernel = True
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise self._busy(self._read(fd)) from None
+                    except OSError as e:
+                        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                            raise
+                        kernel = False
+                else:
+                    kernel = False
+                try:  # the file we locked may have been unlinked by a holder releasing it meanwhile
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                prev = self._read(fd)
+                if prev and not kernel and prev.get("host") == socket.gethostname() and prev.get("pid") != os.getpid() \
+                        and _pid_alive(prev.get("pid")):
+                    raise self._busy(prev)
+                if prev:
+                    warnings.warn(
+                        f"{self.path}: taking over the stale lock of pid {prev.get('pid', '?')} on {prev.get('host', '?')} "
+                        f"(since {prev.get('started', '?')}), which is no longer running", RuntimeWarning, stacklevel=2)
+                info = {"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        "argv": sys.argv}
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, (json.dumps(info) + "\n").encode())
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(self.path)  # while still holding it, so no one locks a file about to vanish
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out`` and its parents; :class:`OutDirError` naming the obstacle otherwise."""
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"out_dir: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        raise OutDirError(f"out_dir: cannot create {out}: {blocker} is a file, not a folder") from None
+    except OSError as e:
+        raise OutDirError(f"out_dir: cannot create {out}: {e.strerror} ({e.filename})") from None
+
+
+def _lock_out(out: Path) -> FolderLock:
+    """Create ``out`` and take its lock (:class:`FolderLocked` / :class:`OutDirError` otherwise)."""
+    _prepare_out(out)
+    lock = FolderLock(out / LOCK_NAME, what="run folder")
+    try:
+        return lock.acquire()
+    except FolderLocked:
+        raise
+    except OSError as e:
+        raise OutDirError(f"out_dir: {out} is not writable: {e.strerror} ({e.filename})") from None
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT handlers that only record the signal; the training loop acts on it after a step.
+
+    Installed only in the main thread (Python allows no other). On the first signal the previous
+    handlers come back, so a second signal interrupts at once as usual.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._prev: dict = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._prev[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        prev, self._prev = self._prev, {}
+        for s, h in prev.items():
+            signal.signal(s, h)
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 # ---------------------------------------------------------------------------------- config
@@ -505,31 +753,78 @@ def latest_checkpoint(out_dir) -> Path | None:
     return files[0] if files else None
 
 
+def payload_digest(payload: dict) -> str:
+    """SHA-256 (hex) of a checkpoint payload's contents, ignoring its own top-level ``"sha256"`` entry.
+
+    Covers every tensor's dtype, shape and bytes and every other value's type and repr, walked
+    in order through dicts, lists and tuples, so it does not depend on how the file serialises
+    them; the same payload read back from the file has the same digest.
+    """
+    h = hashlib.sha256()
+
+    def feed(o) -> None:
+        if isinstance(o, Tensor):
+            t = o.detach()
+            t = (t.cpu() if t.device.type != "cpu" else t).contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)};".encode())
+            for k, v in o.items():
+                feed(k)
+                feed(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{'L' if isinstance(o, list) else 'U'}{len(o)};".encode())
+            for v in o:
+                feed(v)
+        elif o is None or isinstance(o, (bool, int, float, str)):
+            r = repr(o)
+            h.update(f"S{type(o).__name__}{len(r)}:{r}".encode())
+        else:
+            raise TypeError(f"payload: cannot digest a {type(o).__name__}")
+
+    feed({k: v for k, v in payload.items() if k != "sha256"})
+    return h.hexdigest()
+
+
 def _read_ckpt(path: Path, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, disallowed pickle contents, ...
         raise CheckpointError(f"{path}: cannot be read as a training checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+    if not isinstance(ck, dict) or ck.get("format") not in (CKPT_FORMAT, _CKPT_FORMAT_V1):
         raise CheckpointError(f"{path}: not a gracheck training checkpoint (format tag missing or wrong)")
+    if ck["format"] == CKPT_FORMAT or "sha256" in ck:  # /1 files predate digests and load unverified
+        want = ck.get("sha256")
+        if not isinstance(want, str):
+            raise CheckpointError(f"{path}: the checkpoint's SHA-256 digest is missing")
+        try:
+            got = payload_digest(ck)
+        except TypeError as e:
+            raise CheckpointError(f"{path}: the payload holds values a checkpoint never holds ({e})") from e
+        if got != want:
+            raise CheckpointError(f"{path}: the SHA-256 digest of its contents ({got[:16]}…) does not match the digest "
+                                  f"recorded when it was written ({want[:16]}…): the file was changed or corrupted since")
     missing = [k for k in ("step", "config", "model", "optimizer", "rng", "world_size") if k not in ck]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     return ck
 
 
-def _load_newest(out: Path, map_location="cpu") -> tuple[dict, Path] | None:
-    """The newest readable checkpoint; warns (naming the file) about each unreadable newer one."""
+def _load_newest(out: Path, map_location="cpu") -> tuple[dict, Path, list[Path]] | None:
+    """(checkpoint, its path, the newer files that failed verification) for the newest checkpoint that
+    passes; warns (naming the file) about each that fails."""
     files = _ckpt_files(out)
-    errors = []
+    errors, failed = [], []
     for p in files:
         try:
             ck = _read_ckpt(p, map_location)
         except CheckpointError as e:
             errors.append(str(e))
+            failed.append(p)
             warnings.warn(f"{e}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=3)
             continue
-        return ck, p
+        return ck, p, failed
     if errors:
         raise CheckpointError("no readable checkpoint in " + str(out) + ":\n  " + "\n  ".join(errors))
     return None
@@ -539,14 +834,16 @@ def load_checkpoint(path_or_dir, *, map_location="cpu") -> tuple[nets.VAEModel, 
     """``(model, config, step)`` from a checkpoint file or a run folder (its newest readable checkpoint).
 
     The model is in eval mode (BatchNorm uses its running statistics). Loading never executes code
-    (``weights_only=True``); an unreadable file raises :class:`CheckpointError` naming it.
+    (``weights_only=True``) and verifies the checkpoint's SHA-256 digest (files of format /1, written
+    before digests existed, load unverified); an unreadable or corrupted file raises
+    :class:`CheckpointError` naming it.
     """
     p = Path(path_or_dir)
     if p.is_dir():
         got = _load_newest(p, map_location)
         if got is None:
             raise FileNotFoundError(f"path_or_dir: no checkpoint (ckpt-*.pt) in {p}")
-        ck, p = got
+        ck, p, _ = got
     elif not p.is_file():
         raise FileNotFoundError(f"path_or_dir: {p} does not exist")
     else:
@@ -567,23 +864,29 @@ def slim_checkpoint(out_dir) -> Path:
     ``steps``) is refused, since the optimiser state is gone. Returns the checkpoint's path.
     """
     out = Path(out_dir)
-    got = _load_newest(out)
-    if got is None:
+    if not (out / "config.json").exists() and not _ckpt_files(out):
         raise FileNotFoundError(f"out_dir: no checkpoint (ckpt-*.pt) in {out}")
-    ck, path = got
-    if ck["optimizer"] is not None:
-        ck["optimizer"] = None
-        buf = io.BytesIO()
-        torch.save(ck, buf)
-        _atomic_write_bytes(path, buf.getvalue())
-    for old in _ckpt_files(out):
-        if old != path:
-            old.unlink(missing_ok=True)
+    with FolderLock(out / LOCK_NAME, what="run folder"):
+        got = _load_newest(out)
+        if got is None:
+            raise FileNotFoundError(f"out_dir: no checkpoint (ckpt-*.pt) in {out}")
+        ck, path, _ = got
+        if ck["optimizer"] is not None or ck["format"] != CKPT_FORMAT:
+            ck["optimizer"] = None
+            ck["format"] = CKPT_FORMAT
+            ck["sha256"] = payload_digest(ck)
+            buf = io.BytesIO()
+            torch.save(ck, buf)
+            _atomic_write_bytes(path, buf.getvalue())
+        for old in _ckpt_files(out):
+            if old != path:
+                old.unlink(missing_ok=True)
     return path
 
 
 def _save_ckpt(out: Path, step: int, payload: dict, keep: int) -> Path:
     path = out / f"ckpt-{step:08d}.pt"
+    payload["sha256"] = payload_digest(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     _atomic_write_bytes(path, buf.getvalue())
@@ -697,14 +1000,15 @@ def _gather(obj):
     return out
 
 
-def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[dict | None, Path | None]:
-    """Validate ``out`` against ``cfg``; return the checkpoint to resume from (None: start fresh). Writes nothing."""
+def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[dict | None, Path | None, list[Path]]:
+    """Validate ``out`` against ``cfg``; return the checkpoint to resume from (None: start fresh) and the
+    checkpoint files that failed verification. Writes nothing."""
     cfg_path = out / "config.json"
     if not resume:
         if _ckpt_files(out) or cfg_path.exists():
             raise FileExistsError(f"out_dir: {out} already holds a run (config.json / checkpoints); pass resume=True "
                                   "(--resume) to continue it or choose another folder")
-        return None, None
+        return None, None, []
     if cfg_path.exists():
         try:
             saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
@@ -719,8 +1023,8 @@ def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[d
             )
     got = _load_newest(out)
     if got is None:
-        return None, None
-    ck, ck_path = got
+        return None, None, []
+    ck, ck_path, failed = got
     diff = {k: v for k, v in config_diff(TrainConfig.from_dict(ck["config"]), cfg).items() if k not in EXTENDABLE}
     if diff:
         raise ConfigMismatchError(f"cannot resume from {ck_path}: its config differs in {sorted(diff)}: {diff}")
@@ -732,18 +1036,18 @@ def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[d
     if int(ck["world_size"]) != world:
         raise ValueError(f"world_size: {ck_path} was written by {ck['world_size']} process(es), this run has {world}; "
                          "resume with the same number of processes (batches and random streams depend on it)")
-    return ck, ck_path
+    return ck, ck_path, failed
 
 
-def _write_out(out: Path, cfg: TrainConfig, ck_path: Path | None) -> None:
-    """Rank 0: create ``out``, remove temp files of killed writes, set aside unreadable newer checkpoints, write config.json."""
+def _write_out(out: Path, cfg: TrainConfig, failed: Sequence[Path]) -> None:
+    """Rank 0: create ``out``, remove temp files of killed writes, set aside the checkpoints that failed
+    verification (renamed ``*.corrupt``, kept as evidence), write config.json."""
     out.mkdir(parents=True, exist_ok=True)
     for p in out.glob(".*.tmp-*"):
         p.unlink(missing_ok=True)
-    if ck_path is not None:
-        for p in _ckpt_files(out):
-            if p.name > ck_path.name:  # newer but unreadable (we fell back past it): keep it out of the way
-                p.rename(p.with_name(p.name + ".corrupt"))
+    for p in failed:
+        if p.exists():
+            p.rename(p.with_name(p.name + ".corrupt"))
     _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
@@ -765,6 +1069,11 @@ def train(
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (nccl on CUDA,
     gloo on CPU) unless it already is; only rank 0 writes files.
+
+    Raises :class:`FolderLocked` if another live trainer holds ``out_dir`` (its ``train.lock``),
+    :class:`OutDirError` if ``out_dir`` cannot be created or written, and
+    :class:`TrainingInterrupted` after SIGTERM/SIGINT (the checkpoint of the last finished step
+    written; see the module docstring).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
@@ -779,10 +1088,23 @@ def train(
         dist.init_process_group(backend)
         own_pg = True
         rank, world, local_rank = _dist_info()
+    lock = None
     try:
         device = _resolve_device(cfg.device, local_rank)
         if cfg.batch_size % world:
             raise ValueError(f"batch_size: {cfg.batch_size} is not divisible by the {world} DDP processes")
+        problem = None
+        if rank == 0:
+            try:
+                lock = _lock_out(out)
+            except (FolderLocked, OutDirError) as e:
+                problem = e
+        if world > 1:  # every process learns whether rank 0 got the folder (else the others would wait forever)
+            msg = _gather(None if problem is None else f"{type(problem).__name__}: {problem}")[0]
+            if rank != 0 and msg is not None:
+                raise RuntimeError(f"rank 0 could not take {out}: {msg}")
+        if problem is not None:
+            raise problem
         with _runtime(cfg, device):
             res = _train(cfg, out, resume, progress, data_root, callback, rank, world, device)
         if own_pg:
@@ -793,16 +1115,18 @@ def train(
             dist.barrier()
         return res
     finally:
+        if lock is not None:
+            lock.release()
         if own_pg:
             dist.destroy_process_group()
 
 
 def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, device) -> TrainResult:
-    ck, ck_path = _check_out(out, cfg, resume, world)
+    ck, ck_path, failed = _check_out(out, cfg, resume, world)
     if world > 1:
         dist.barrier()  # every process checked before rank 0 writes
     if rank == 0:
-        _write_out(out, cfg, ck_path)
+        _write_out(out, cfg, failed)
     if world > 1:
         dist.barrier()
     start = int(ck["step"]) if ck is not None else 0
@@ -842,8 +1166,10 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
     eval_fields = ["step", *terms_names, "log_px_at_mean", "seconds"]
     logs = None
     if rank == 0:
-        logs = (_Log(out, "log", train_fields, start if ck is not None else 0),
-                _Log(out, "eval", eval_fields, start if ck is not None else 0))
+        # rows past the checkpoint are dropped; with no checkpoint (killed before the first) every row
+        # is, the step-0 evaluation included, since it is redone
+        keep = start if ck is not None else -1
+        logs = (_Log(out, "log", train_fields, keep), _Log(out, "eval", eval_fields, keep))
 
     def write_ckpt(step: int, seconds: float) -> Path:
         payload_rng = _gather(gen.get_state().cpu())
@@ -874,7 +1200,11 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.model} {cfg.dataset}", dynamic_ncols=True, file=sys.stderr)
     t_session = time.perf_counter()
     last_ckpt = ck_path
+    # the underlying terms first, the derived objective last: a NaN report names where it started
+    check_order = [*terms_names[1:], terms_names[0]]
+    stop = _StopRequest()
     try:
+        stop.__enter__()
         if start == 0:
             do_eval(0, 0.0)
         for step in range(start, cfg.steps):
@@ -886,14 +1216,19 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
                 terms = loss_mod(x, gen)
                 means = torch.stack([terms[k].detach().float().mean() for k in terms_names])
                 if not bool(torch.isfinite(means).all()):
-                    bad = [k for k, v in zip(terms_names, means.tolist()) if not math.isfinite(v)]
-                    err = _NonFinite(f"term '{bad[0]}'", f"batch mean {means[terms_names.index(bad[0])].item()}")
+                    vals = dict(zip(terms_names, means.tolist()))
+                    bad = next(k for k in check_order if not math.isfinite(vals[k]))
+                    err = _NonFinite(bad, f"batch mean {vals[bad]}" + (
+                        "; its terms are finite, their combination overflows" if bad == "objective" else ""))
             except _NonFinite as e:
                 err = e
+            stop_now = stop.signum is not None
             if world > 1:  # every rank must stop together, or the others hang in the all-reduce
-                flag = torch.tensor([0.0 if err is None else 1.0], device=device)
+                flag = torch.tensor([0.0 if err is None else 1.0, 1.0 if stop_now else 0.0], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() > 0 and err is None:
+                any_err, any_stop = flag.tolist()
+                stop_now = any_stop > 0
+                if any_err > 0 and err is None:
                     err = _NonFinite("a term on another process")
             if err is not None:
                 raise TrainingDiverged(done, err.term, err.detail, str(last_ckpt) if last_ckpt else None)
@@ -925,7 +1260,15 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
                 bar.update(1)
             if callback is not None:
                 callback(done, dict(last_train), model)
+            if world == 1:
+                stop_now = stop.signum is not None
+            if stop_now:  # finish this step, checkpoint it, and stop
+                if last_ckpt is None or last_ckpt.name != f"ckpt-{done:08d}.pt":
+                    last_ckpt = write_ckpt(done, seconds)
+                signum = stop.signum if stop.signum is not None else signal.SIGTERM
+                raise TrainingInterrupted(int(signum), done, cfg.steps, str(last_ckpt))
     finally:
+        stop.__exit__()
         if bar is not None:
             bar.close()
         if logs is not None:
@@ -971,7 +1314,11 @@ def _arg_parser() -> argparse.ArgumentParser:
         prog="python -m gracheck.train",
         description="Train a β-VAE, GRAE, GRAE≈ or plain autoencoder (Kumar & Poole 2020) with checkpoints and logs.",
         epilog="With --resume, options not given are taken from OUT/config.json; options given must match it "
-               "(except --steps, which may extend the run). Multi-GPU: torchrun --nproc_per_node N -m gracheck.train ...",
+               "(except --steps, which may extend the run). Multi-GPU: torchrun --nproc_per_node N -m gracheck.train ... "
+               "On SIGTERM or Ctrl-C the current step is finished and checkpointed; --resume continues from it. "
+               "Exit codes: 0 done; 1 internal error; 2 bad options, config or data; 3 training diverged; "
+               "4 OUT is in use by another trainer (its pid is printed); 5 OUT cannot be created or written; "
+               "130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint.",
     )
     ap.add_argument("--out", required=True, help="output folder (config, logs, checkpoints)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
@@ -1013,6 +1360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = TrainConfig.from_dict({**base, **args})
         result = train(cfg, out, resume=resume, progress=progress, data_root=data_root)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before the loop took the signal over, or a second Ctrl-C during the last step
+        print("gracheck.train: interrupted; nothing after the last checkpoint was kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    except FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except OutDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 5
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, TrainingDiverged) else 3

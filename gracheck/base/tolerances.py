@@ -67,6 +67,25 @@ TOLERANCES: dict[str, Tolerance] = {
         rtol=1e-4,
         reason="float32 has 6e-8 unit roundoff; O(d^2) accumulated ops on O(1) values stay below 1e-5",
     ),
+    # grae_regularizer / taylor_gap on a float32 J against float64 closed forms from the singular
+    # values s ∈ [1e-3, 1e3] J was built from, β ∈ [0.02, 1] (tests/test_core_math.py). Rounding J to
+    # float32 alone moves f = β/2 log det(I + JᵀJ/β) by |⟨JA⁻¹, δJ⟩| ≤ (√β/2)·‖δJ‖_F, ‖δJ‖_F ≤
+    # 6e-8·‖J‖_F ≈ 1e-4, i.e. ≲ 1e-5 of f (f ≥ 0.1 here); a backward-stable factorisation (QR of
+    # [J/√β; I]) adds the same order. Measured ≤ 1.4e-6 relative; the float32 Gram-matrix route was
+    # off by 0.2–2% (and failed Cholesky at β = 0.02).
+    "float32-logdet-value": ErrorBound(
+        atol=0.0,
+        rtol=1e-5,
+        reason="float32 J with s up to 1e3, β ≥ 0.02: perturbation bound ≲ 1e-5 relative, measured ≤ 1.4e-6; the Gram route misses by ≥ 2e-3",
+    ),
+    # Its gradient G = JA⁻¹: a perturbation δJ moves G by ≤ 3‖A⁻¹‖‖δJ‖ ≤ 3·6e-8·‖J‖ ≈ 2e-4 against
+    # ‖G‖_F ≥ max s/(1 + s²/β) ≈ √β/2 ≥ 0.07, i.e. ≲ 3e-3 relative (Frobenius); measured ≤ 9.4e-4
+    # (the "about 1e-3"). The Gram route was off by 2.2% at β = 1, 16% at β = 0.1, 180% at 0.02.
+    "float32-logdet-grad": ErrorBound(
+        atol=0.0,
+        rtol=5e-3,
+        reason="gradient of the float32 log-det: perturbation bound ≲ 3e-3 (Frobenius, relative), measured ≤ 9.4e-4; the Gram route is off by ≥ 2e-2",
+    ),
     # Symbolic identities are simplified to exactly zero by sympy; numerical
     # evaluation of the residual at random rational points is exact up to this.
     "symbolic": ErrorBound(
@@ -174,6 +193,15 @@ TOLERANCES: dict[str, Tolerance] = {
     "montecarlo-5se": StandardErrors(
         k=5.0,
         reason="|z| ≤ 5 standard errors: false-fail probability < 6e-7 for a CLT-normal mean (N ≥ 4000)",
+    ),
+    # BernoulliObs(logits=True).log_prob against a 50-digit mpmath sum: each term −x·softplus(−ℓ) −
+    # (1 − x)·softplus(ℓ) is one logaddexp (exact to ≤ 2 ulp) times x, and ≤ 6 same-signed terms
+    # are summed, so the relative error is ≤ ~8·2⁻⁵³ ≈ 1e-15. The threshold-20 softplus missed by
+    # 1.3e-9 nats (ℓ in 20.5–40), and xℓ − softplus(ℓ) loses all digits of a 1e-17 term at x = 1.
+    "bernoulli-logit-exact": ErrorBound(
+        atol=1e-300,
+        rtol=2e-15,
+        reason="≤ 6 same-signed float64 terms, each one logaddexp (≤ 2 ulp): ≤ 1e-15 relative; the old form was off by 1.3e-9 nats",
     ),
     # Fitted log-log slopes (diffrax-style order checks).
     "rate-slope": ErrorBound(
