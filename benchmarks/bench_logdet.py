@@ -34,8 +34,8 @@ import time
 import torch
 
 import gracheck.objectives as objectives
-from gracheck.report._run import _git_commit
-from gracheck.train import TrainConfig, _build, _make_obs, _Objective
+from gracheck.base.files import git_commit
+from gracheck.train import Objective, TrainConfig, build_model, make_obs
 
 _library = objectives.grae_regularizer
 
@@ -95,8 +95,8 @@ def main() -> None:
     steps = {}
     for name, kw, reps in (("conv", dict(width=args.width), args.repeats), ("mlp", dict(arch="mlp", hidden=(256,)), 4 * args.repeats)):
         cfg = TrainConfig(model="grae", latent_dim=12, batch_size=64, beta=beta, **kw)
-        net = _build(cfg).to(dev)
-        obj = _Objective(net, cfg, _make_obs(cfg), None)
+        net = build_model(cfg).to(dev)
+        obj = Objective(net, cfg, make_obs(cfg), None)
         opt = torch.optim.Adam(net.parameters(), lr=1e-5)
 
         def step(fn, obj=obj, opt=opt):
@@ -119,7 +119,7 @@ def main() -> None:
                     "train_step": {"model": "grae (Eq. 13)", "conv": f"MNIST Appendix D, width {args.width}",
                                    "mlp": "784-256-12 ELU", "batch": 64, "latent_dim": 12, "batchnorm": "train"}},
         "provenance": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "git_commit": _git_commit(), "command": " ".join(["python", *sys.argv]),
+                       "git_commit": git_commit(), "command": " ".join(["python", *sys.argv]),
                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "regularizer": reg,
         "train_step": steps,
