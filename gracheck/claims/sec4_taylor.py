@@ -296,7 +296,11 @@ def _eq6_symbolic(*, seed: int, candidate=None):
 def _eq6_autograd(*, seed: int, candidate=None):
     """Route 1: torch.func.hessian (reverse-over-forward) of z ↦ log p(x|g(z)) for ReLU and leaky-ReLU networks
     (Gaussian σ² = 0.7 and Bernoulli-logit likelihoods), float64, 10 random points each. Route 2: JᵀH_pJ with J by
-    jacrev and H_p by autograd in g. Negative controls, where the residual must be non-zero (≥ 1e-4 relative):
+    jacrev and H_p by autograd in g. Route 1 agrees with route 2 partly *by the AD rule* relu'' = 0 (torch
+    differentiates ReLU's derivative as 0), so route 3 does not rest on it: central finite differences (h = 1e-5) of
+    the gradient z ↦ ∇_z log p(x|g(z)), at points whose pre-activations all keep their signs over z ± h eⱼ (inside one
+    linear region), against route 2; a decoder that is not piecewise linear but whose AD second derivative is 0 fails
+    there. Negative controls, where the residual must be non-zero (≥ 1e-4 relative):
     tanh hidden layers, and ReLU hidden layers with a sigmoid output layer (g is then not piecewise-linear: Eq. 6
     needs every layer, the output included, to be piecewise-linear in the parametrisation of H_p)."""
     from gracheck.likelihoods import BernoulliObs, GaussianObs
@@ -307,7 +311,7 @@ def _eq6_autograd(*, seed: int, candidate=None):
     for act, sig in (("relu", False), ("leaky_relu", False), ("tanh", False), ("relu", True)):
         for obs in (GaussianObs(0.7), BernoulliObs(logits=True)):
             net = MLP(gen, d, D, hidden=16, act=act, scale=2.0, sigmoid=sig)
-            Hfs, GNs = [], []
+            Hfs, GNs, FDs, GNfd = [], [], [], []
             for _ in range(10):
                 z = S.normal(gen, d)
                 x = (S.uniform(gen, D) < 0.5).to(DT) if obs.__class__ is BernoulliObs else net(z) + S.normal(gen, D)
@@ -315,7 +319,18 @@ def _eq6_autograd(*, seed: int, candidate=None):
                 J = torch.func.jacrev(net)(z)
                 Hp = torch.func.hessian(lambda gg, x=x: obs.log_prob(x[None], gg[None])[0])(net(z))
                 GNs.append(J.T @ Hp @ J)
+                fd = _fd_hessian_in_region(_loglik(obs, x, net), net, z)
+                if fd is not None:
+                    FDs.append(fd)
+                    GNfd.append(GNs[-1])
             Hf, GN = torch.stack(Hfs), torch.stack(GNs)
+            if not (act == "tanh" or sig):
+                ok_pts = len(FDs) >= 5
+                fdres = tcompare(c6.id, "autograd", torch.stack(FDs) if FDs else torch.zeros(1), torch.stack(GNfd) if GNfd else torch.ones(1),
+                                 "finite-difference",
+                                 f"{obs!r} {net!r}: central differences of ∇_z log p(x|g(z)) (h = {_FD_H:g}; no AD second "
+                                 f"derivative) vs JᵀH_pJ at {len(FDs)} of 10 points inside one linear region", seed)
+                out.append(dataclasses.replace(fdres, passed=fdres.passed and ok_pts))
             if act == "tanh" or sig:
                 rel = float((Hf - GN).abs().max() / Hf.abs().max())
                 t = tol("negative-control")
@@ -327,6 +342,28 @@ def _eq6_autograd(*, seed: int, candidate=None):
                 out.append(tcompare(c6.id, "autograd", Hf, GN, "float64-exact",
                                     f"{obs!r} {net!r}: ∇²_z log p(x|g(z)) vs JᵀH_pJ at 10 random points", seed))
     return out
+
+
+_FD_H = 1e-5
+
+
+def _fd_hessian_in_region(f, net: MLP, z: Tensor, h: float = _FD_H) -> Tensor | None:
+    """Central differences of the gradient of ``f`` (torch.func.grad, first derivatives only) at ``z``, ``[d, d]``,
+    symmetrised; None when some pre-activation of ``net`` changes sign over z ± h eⱼ (the stencil would straddle a
+    kink of a piecewise-linear net) or lies within 1e-4 of 0."""
+    pre0 = net.pre(z)
+    if bool((pre0.abs() < 1e-4).any()):
+        return None
+    grad = torch.func.grad(f)
+    cols = []
+    for j in range(z.shape[-1]):
+        e = torch.zeros_like(z)
+        e[j] = h
+        if bool((torch.sign(net.pre(z + e)) != torch.sign(pre0)).any() or (torch.sign(net.pre(z - e)) != torch.sign(pre0)).any()):
+            return None
+        cols.append((grad(z + e) - grad(z - e)) / (2 * h))
+    H = torch.stack(cols, -1)
+    return 0.5 * (H + H.T)
 
 
 # =============================================================== Eq. 8
