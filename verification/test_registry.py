@@ -46,6 +46,7 @@ ADDED_IDS = {
     "eq14-mean-field-taylor-optimum": "derivation",
     "sec5.3-orthogonality-penalty": "derivation",
     "sec5.1-bernoulli-parameterisation": "derivation",
+    "appC-shared-covariance-rotation": "derivation",
 }
 CANDIDATE_CLAIMS = {"eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap"}
 

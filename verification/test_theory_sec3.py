@@ -32,6 +32,9 @@ METHODS = {
     "erratum-appA-unit-jacobian": ("autograd", "symbolic"),
     "erratum-appA-psi-argument": ("montecarlo", "autograd"),
     "erratum-appB-eq15-jacobian": ("autograd", "montecarlo"),
+    # issue 13
+    "erratum-appC-gaussian-w": ("closed-form", "autograd", "montecarlo"),
+    "appC-shared-covariance-rotation": ("closed-form", "autograd"),
 }
 
 CASES = [pytest.param(cid, m, id=f"{cid}[{m}]") for cid, ms in METHODS.items() for m in ms]
