@@ -47,6 +47,8 @@ ADDED_IDS = {
     "sec5.3-orthogonality-penalty": "derivation",
     "sec5.1-bernoulli-parameterisation": "derivation",
     "appC-shared-covariance-rotation": "derivation",
+    "thm1-strict-inequality": "derivation",
+    "sec3-outside-family-strict": "derivation",
 }
 CANDIDATE_CLAIMS = {"eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap"}
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from gracheck.claims._registry import CheckResult, claim, compare, result
-from gracheck.claims.strategies import DTYPE, generator, normal, orthogonal, uniform
+from gracheck.claims.strategies import DTYPE, generator, log_uniform, normal, orthogonal, uniform
 from gracheck.claims.tolerances import tol
 
 LOG2PI = math.log(2 * math.pi)
@@ -1718,4 +1718,400 @@ def _appc_shared_autograd(*, seed: int, candidate=None, **kw) -> list[CheckResul
                detail=f"ν = tanh, shared Σ: the mean-field optimum's angle to the true latents is {a_rot:.4f}° (diagonal starts: "
                       f"{fmt(a_d, 6)}), not 0; W = {fmt(data.W.reshape(-1), 4)} [1° is a margin, not a tolerance of the table: the "
                       f"optimiser's angle error is ≲ 1e-4° (tolerance 'optimiser-argmax', {t.atol:g} kept for reference)]"),
+    ]
+
+
+# ====================================================================== Thm. 1 / Cor. 1: the conclusion itself (issue 13)
+#
+# β-PPCA: data second moment Cx (D×D, zero mean), decoder p(x|z) = N(Az, σ²I), prior N(0, I_d), amortised q(z|x) =
+# N(Mx, S) with one S (exact for linear models). The averaged objective is closed form (below). For a decoder A the
+# best full-S q has M = (AᵀA + βσ²I)⁻¹Aᵀ, S = P⁻¹ with P = I + AᵀA/(βσ²); the best mean-field S has Sᵢᵢ = 1/Pᵢᵢ, which
+# loses β/2 [Σᵢ log Pᵢᵢ − log|P|]. The optimum over decoders (q*, p*) is A* = U(Λ − βσ²)^{1/2} (top-d eigenpairs of
+# Cx) with orthogonal columns, where P* is diagonal and the mean-field q* is exact.
+
+
+def _bppca_objective(A: Tensor, M: Tensor, S: Tensor, Cx: Tensor, sigma2: float, beta: float) -> Tensor:
+    """E_x[E_q log N(x; Az, σ²I) − β KL(q ‖ N(0, I))] for q(z|x) = N(Mx, S), data second moment Cx (closed form)."""
+    D, d = A.shape
+    MC = M @ Cx
+    ell = -0.5 * D * math.log(2 * math.pi * sigma2) - (torch.trace(Cx) - 2 * torch.trace(A @ MC) + torch.trace(A.T @ A @ (MC @ M.T + S))) / (2 * sigma2)
+    kl = 0.5 * (torch.trace(MC @ M.T) + torch.trace(S) - torch.linalg.slogdet(S)[1] - d)
+    return ell - beta * kl
+
+
+def _bppca_case(gen: torch.Generator, d: int = 2, D: int = 4, sigma2: float = 0.3, beta: float = 0.7):
+    """(Cx, σ², β, A*): a random data second moment with well-separated eigenvalues above βσ², and the optimal decoder."""
+    lam = torch.sort(log_uniform(gen, D, low=0.1, high=1.0), descending=True).values + torch.tensor([6.0, 3.0, 0.0, 0.0][:D], dtype=DTYPE)
+    U = orthogonal(gen, D)
+    Cx = (U * lam) @ U.T
+    Cx = 0.5 * (Cx + Cx.T)
+    A_star = U[:, :d] * torch.sqrt(lam[:d] - beta * sigma2)
+    return Cx, sigma2, beta, A_star
+
+
+def _bppca_best(A: Tensor, Cx: Tensor, sigma2: float, beta: float, mean_field: bool) -> float:
+    """max over q (full or mean-field S) of the averaged objective for decoder A, by its closed-form maximiser."""
+    d = A.shape[1]
+    M = torch.linalg.solve(A.T @ A + beta * sigma2 * torch.eye(d, dtype=DTYPE), A.T)
+    P = torch.eye(d, dtype=DTYPE) + A.T @ A / (beta * sigma2)
+    S = torch.diag(1.0 / torch.diagonal(P)) if mean_field else torch.linalg.inv(P)
+    return float(_bppca_objective(A, M, 0.5 * (S + S.T), Cx, sigma2, beta))
+
+
+def _bppca_fit(Cx: Tensor, sigma2: float, beta: float, d: int, A_fixed: Tensor | None, gen: torch.Generator) -> float:
+    """Numerical maximum of the averaged objective over a mean-field q (M, log sᵢ) — and over A too when ``A_fixed`` is None —
+    by LBFGS then Newton steps (autograd Hessian), from a random start; no closed-form maximiser is used."""
+    D = Cx.shape[0]
+    nA = 0 if A_fixed is not None else D * d
+    v = torch.cat([0.5 * normal(gen, nA + d * D), torch.zeros(d, dtype=DTYPE)])
+
+    def f(w: Tensor) -> Tensor:
+        A = A_fixed if A_fixed is not None else w[:nA].reshape(D, d)
+        M = w[nA:nA + d * D].reshape(d, D)
+        return _bppca_objective(A, M, torch.diag(torch.exp(w[nA + d * D:])), Cx, sigma2, beta)
+
+    w = v.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-15, history_size=30,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -f(w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w = w.detach()
+    val = float(f(w))
+    for _ in range(6):
+        g = torch.func.grad(f)(w)
+        if float(g.abs().max()) < 1e-12:
+            break
+        step = torch.linalg.lstsq(torch.func.hessian(f)(w), -g.unsqueeze(-1)).solution.squeeze(-1)
+        if not float(f(w + step)) >= val:
+            break
+        w = w + step
+        val = float(f(w))
+    return val
+
+
+def _mf_gap(P: Tensor, beta: float) -> Tensor:
+    """β/2 [Σᵢ log Pᵢᵢ − log|P|]: what a mean-field S loses against the full one (≥ 0, Hadamard)."""
+    return beta / 2 * (torch.log(torch.diagonal(P, dim1=-2, dim2=-1)).sum(-1) - torch.linalg.slogdet(P)[1])
+
+
+THM1_STRICT = claim(
+    "thm1-strict-inequality",
+    source="Thm. 1 / Cor. 1 (conclusion), App. B",
+    kind="derivation",
+    statement=(
+        "Thm. 1's conclusion in β-PPCA (prior N(0, I), p(x|z) = N(Az, σ²I), mean-field Gaussian Q, any β > 0): at the optimum "
+        "(q*, p*) (A* with orthogonal columns of distinct norms, mean-field q* exact), for every rotation r(z) = Rz, "
+        "max_{q∈Q} L(q, p*_r) = L(q*, p*) − β/2 [Σᵢ log(RᵀP*R)ᵢᵢ − log|P*|] with P* = I + A*ᵀA*/(βσ²): strictly below "
+        "L(q*, p*) unless R is a signed permutation, where it is equal."
+    ),
+)
+
+
+@THM1_STRICT.method("closed-form")
+def _thm1s_closed_form(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """Three seeded β-PPCA cases (d = 2, D = 4; β ∈ {0.7, 1.3, 2.1}). Route 1: max_Q L(q, p*_R) minus L(q*, p*), each by
+    the closed-form maximiser of the objective (amortised q, closed-form expectations), for 5 Haar rotations R and the 4
+    sign-flip/permutation matrices. Route 2: the Hadamard expression −β/2 [Σ log(RᵀP*R)ᵢᵢ − log|P*|]. Strict: the drop is
+    ≥ ½ of route 2 for every non-signed-permutation R (smallest recorded); 0 for signed permutations. Also: the
+    full-covariance maximum under p*_R equals L(q*, p*) for every R (only the mean-field family sees the rotation)."""
+    from gracheck.claims._sec457 import strictly_above
+
+    cid, meth = THM1_STRICT.id, "closed-form"
+    gen = generator(seed)
+    drop, pred, perm_drop, full_drop = [], [], [], []
+    perms = [torch.eye(2, dtype=DTYPE), torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=DTYPE),
+             torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=DTYPE), torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=DTYPE)]
+    for beta in (0.7, 1.3, 2.1):
+        Cx, s2, beta, A = _bppca_case(gen, beta=beta)
+        L_star = _bppca_best(A, Cx, s2, beta, mean_field=True)
+        P = torch.eye(2, dtype=DTYPE) + A.T @ A / (beta * s2)
+        for _ in range(5):
+            R = proper_rotation(gen, 2)
+            drop.append(L_star - _bppca_best(A @ R, Cx, s2, beta, mean_field=True))
+            pred.append(float(_mf_gap(R.T @ P @ R, beta)))
+            full_drop.append(L_star - _bppca_best(A @ R, Cx, s2, beta, mean_field=False))
+        for Pm in perms:
+            perm_drop.append(L_star - _bppca_best(A @ Pm, Cx, s2, beta, mean_field=True))
+    return [
+        tcompare(cid, meth, drop, pred, "float64-exact",
+                 "L(q*, p*) − max_Q L(q, p*_R) (closed-form maximisers) vs β/2 [Σ log(RᵀP*R)ᵢᵢ − log|P*|], 15 rotations", seed),
+        strictly_above(cid, meth, torch.tensor(drop, dtype=DTYPE), torch.tensor(pred, dtype=DTYPE),
+                       "strict inequality for rotations that are not signed permutations", seed),
+        tcompare(cid, meth, perm_drop + full_drop, [0.0] * (len(perm_drop) + len(full_drop)), "float64-exact",
+                 "equality: signed permutations (mean-field), and every rotation with a full-covariance q", seed),
+    ]
+
+
+@THM1_STRICT.method("autograd")
+def _thm1s_autograd(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """Deterministic optimisation, no closed-form maximiser: one β-PPCA case (d = 2, D = 4, β = 0.7). Route 1: LBFGS + Newton
+    maximum over (A, M, log s) jointly (mean-field q, a random start) = L(q*, p*), the joint optimum; and over (M, log s)
+    with the decoder fixed at A*R for 2 Haar rotations and one signed permutation. Route 2: the closed forms L(q*, p*) and
+    L(q*, p*) − β/2 [Σ log(RᵀP*R)ᵢᵢ − log|P*|]."""
+    cid, meth = THM1_STRICT.id, "autograd"
+    gen = generator(seed)
+    Cx, s2, beta, A = _bppca_case(generator(2020))
+    L_star = _bppca_best(A, Cx, s2, beta, mean_field=True)
+    P = torch.eye(2, dtype=DTYPE) + A.T @ A / (beta * s2)
+    got, exp = [], []
+    for _ in range(1):
+        got.append(_bppca_fit(Cx, s2, beta, 2, None, gen))
+        exp.append(L_star)
+    for R in [proper_rotation(gen, 2) for _ in range(2)] + [torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=DTYPE)]:
+        got.append(_bppca_fit(Cx, s2, beta, 2, A @ R, gen))
+        exp.append(L_star - float(_mf_gap(R.T @ P @ R, beta)))
+    return [tcompare(cid, meth, got, exp, "optimiser-value",
+                     "numerical maxima: joint over (A, q) = L(q*, p*); over q at p*_R (2 rotations, 1 signed permutation) "
+                     f"= L(q*, p*) − the Hadamard drop (L(q*, p*) = {L_star:.10g})", seed)]
+
+
+@THM1_STRICT.method("symbolic")
+def _thm1s_symbolic(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """sympy, d = 2, P* = diag(p₁, p₂), R(θ): (RᵀP*R)₁₁(RᵀP*R)₂₂ − p₁p₂ simplifies to (p₁ − p₂)² sin²θ cos²θ, so the drop
+    β/2 log((RᵀP*R)₁₁(RᵀP*R)₂₂/(p₁p₂)) is > 0 unless p₁ = p₂ (equal column norms) or θ ∈ {0, π/2, π, 3π/2} (signed
+    permutations), the zero set found by solveset."""
+    import sympy as sp
+
+    cid, meth = THM1_STRICT.id, "symbolic"
+    th = sp.symbols("theta", real=True)
+    p1, p2 = sp.symbols("p1 p2", positive=True)
+    R = sp.Matrix([[sp.cos(th), -sp.sin(th)], [sp.sin(th), sp.cos(th)]])
+    PR = R.T * sp.diag(p1, p2) * R
+    r = sp.simplify(PR[0, 0] * PR[1, 1] - p1 * p2 - (p1 - p2) ** 2 * sp.sin(th) ** 2 * sp.cos(th) ** 2)
+    roots = sorted(sp.solveset(sp.sin(th) ** 2 * sp.cos(th) ** 2, th, sp.Interval.Ropen(0, 2 * sp.pi)))
+    ok = r == 0 and roots == [0, sp.pi / 2, sp.pi, 3 * sp.pi / 2]
+    return [result(cid, meth, passed=ok, measured=f"residual {r}; zeros {roots}", expected="0; [0, pi/2, pi, 3*pi/2]",
+                   abs_err=0.0 if ok else float("inf"), atol=tol("symbolic").atol, rtol=0.0, seed=seed,
+                   detail="(RᵀP*R)₁₁(RᵀP*R)₂₂ − p₁p₂ − (p₁ − p₂)² sin²θ cos²θ (sympy) and the zeros of the drop on [0, 2π)")]
+
+
+ERR_THM1 = claim(
+    "erratum-thm1-hypothesis",
+    source="Thm. 1 / Cor. 1 (hypothesis), App. B proof",
+    kind="erratum",
+    statement=(
+        "As printed: with R 'the class of mixing transforms that leave the prior invariant', 'If Q is s.t. q ∈ Q ⇒ r#q ∉ Q "
+        "for all r ∈ R, and argmax_{q∈Q̃} L(q, p*) is unique, then max_{q∈Q} L(q, p*_r) < L(q*, p*)'; Sec. 3.2 applies it "
+        "with a Gaussian prior and R the orthogonal transformations."
+    ),
+    corrected=(
+        "The hypothesis is needed only at the optimum: it suffices that r⁻¹#q* ∉ Q for the r considered (the proof uses it "
+        "only to exclude q' = r⁻¹#q*), with the maximiser over Q̃ unique and max_{q∈Q} L(q, p*_r) attained (pointwise "
+        "L(q', p*_r) < L(q*, p*) bounds a supremum strictly only when it is attained). As printed it never holds when R "
+        "contains a transform that keeps Q (the identity, signed permutations: for those the conclusion fails, with "
+        "equality), and for the mean-field Gaussian Q of the paper's experiments it fails for every rotation (isotropic "
+        "q = N(m, sI) ∈ Q is mapped into Q), yet in β-PPCA the conclusion holds for every rotation that is not a signed "
+        "permutation. R must exclude the transforms that keep q* in Q."
+    ),
+)
+
+
+@ERR_THM1.method("closed-form")
+def _err_thm1_closed_form(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """Gaussian prior, mean-field Gaussian Q, R ⊇ rotations (d ∈ {2, 3, 5}). Counterexamples to the printed hypothesis: for
+    an isotropic q = N(m, sI) ∈ Q and Haar rotations R, r#q = N(Rm, R sI Rᵀ) has zero off-diagonal covariance (∈ Q); for
+    signed permutations every r#q of a mean-field q is mean-field; and for those r the conclusion fails: max_Q L(q, p*_r) =
+    L(q*, p*) exactly (β-PPCA closed form, d = 2). Corrected: the hypothesis at q* alone, RᵀS*R non-diagonal (S* = P*⁻¹),
+    holds for every Haar rotation, and there the drop is > 0 (β-PPCA closed form), although the printed hypothesis fails."""
+    cid, meth = ERR_THM1.id, "closed-form"
+    gen = generator(seed)
+    iso_off, perm_off = [], []
+    for d in (2, 3, 5):
+        for _ in range(4):
+            R = orthogonal(gen, d)
+            s = float(uniform(gen, 1, low=0.1, high=2.0))
+            C = R @ (s * torch.eye(d, dtype=DTYPE)) @ R.T
+            iso_off.append(float((C - torch.diag(torch.diagonal(C))).abs().max()))
+            perm = torch.randperm(d, generator=gen)
+            Pm = torch.eye(d, dtype=DTYPE)[perm] * torch.where(uniform(gen, d) < 0.5, -1.0, 1.0).to(DTYPE)[:, None]
+            Dg = torch.diag(uniform(gen, d, low=0.1, high=2.0))
+            Cp = Pm @ Dg @ Pm.T
+            perm_off.append(float((Cp - torch.diag(torch.diagonal(Cp))).abs().max()))
+    Cx, s2, beta, A = _bppca_case(gen)
+    L_star = _bppca_best(A, Cx, s2, beta, mean_field=True)
+    P = torch.eye(2, dtype=DTYPE) + A.T @ A / (beta * s2)
+    S_star = torch.linalg.inv(P)
+    perm_eq = [L_star - _bppca_best(A @ Pm, Cx, s2, beta, mean_field=True)
+               for Pm in (torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=DTYPE), torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=DTYPE))]
+    drops, offs = [], []
+    for _ in range(5):
+        R = proper_rotation(gen, 2)
+        drops.append(L_star - _bppca_best(A @ R, Cx, s2, beta, mean_field=True))
+        offs.append(abs(float((R.T @ S_star @ R)[0, 1])))
+    return [
+        tcompare(cid, meth, iso_off + perm_off, [0.0] * (len(iso_off) + len(perm_off)), "float64-exact",
+                 "COUNTEREXAMPLE to the printed hypothesis: isotropic q stays in Q under every rotation, and every mean-field q "
+                 "under signed permutations (largest off-diagonal of r#q's covariance)", seed),
+        tcompare(cid, meth, perm_eq, [0.0, 0.0], "float64-exact",
+                 "for signed permutations (prior-preserving, so in R) the conclusion fails: max_Q L(q, p*_r) = L(q*, p*) (β-PPCA)", seed),
+        _min_above_floor(cid, meth, torch.tensor(drops + offs, dtype=DTYPE),
+                         f"corrected: at q* alone, r⁻¹#q* ∉ Q for Haar rotations (|off-diagonal of RᵀS*R| ≥ {min(offs):.3g}) and "
+                         f"the drop L(q*, p*) − max_Q L(q, p*_R) ≥ {min(drops):.3g} > 0, although the printed hypothesis fails", seed),
+    ]
+
+
+@ERR_THM1.method("symbolic")
+def _err_thm1_symbolic(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """sympy, d = 2, R(θ): R(sI)Rᵀ = sI for every θ (isotropic q stays mean-field: the printed hypothesis fails for every
+    rotation), while for S* = diag(s₁, s₂), s₁ ≠ s₂, the off-diagonal of RᵀS*R is (s₂ − s₁) sinθ cosθ, non-zero except at
+    signed permutations, the only rotations for which the corrected condition (at q*) fails."""
+    import sympy as sp
+
+    cid, meth = ERR_THM1.id, "symbolic"
+    th = sp.symbols("theta", real=True)
+    s, s1, s2 = sp.symbols("s s1 s2", positive=True)
+    R = sp.Matrix([[sp.cos(th), -sp.sin(th)], [sp.sin(th), sp.cos(th)]])
+    iso = sp.simplify(R * (s * sp.eye(2)) * R.T - s * sp.eye(2))
+    off = sp.simplify((R.T * sp.diag(s1, s2) * R)[0, 1] - (s2 - s1) * sp.sin(th) * sp.cos(th))
+    ok = iso == sp.zeros(2, 2) and off == 0
+    return [result(cid, meth, passed=ok, measured=f"R sI Rᵀ − sI = {list(iso)}; off-diagonal residual {off}", expected="0; 0",
+                   abs_err=0.0 if ok else float("inf"), atol=tol("symbolic").atol, rtol=0.0, seed=seed,
+                   detail="COUNTEREXAMPLE (symbolic): an isotropic Gaussian q ∈ Q is mapped into Q by every rotation; the condition "
+                          "at q* (distinct variances) fails only where sinθ cosθ = 0")]
+
+
+# ====================================================================== Sec. 3: "strictly lower" outside Q (issue 13)
+
+SEC3_STRICT = claim(
+    "sec3-outside-family-strict",
+    source="Sec. 3 (after Eq. 1)",
+    kind="derivation",
+    statement=(
+        "Sec. 3: if the posterior p_{z|x} of a model is in Q but the transformed posterior p'_{z|x} = r⁻¹#p_{z|x} is not, the "
+        "best ELBO (β = 1) of the transformed model is strictly below that of the original: it is log p(x) − min_{q∈Q} "
+        "KL(q ‖ p'_{z|x}) < log p(x) when the minimum is attained (Q closed); for PPCA with orthogonal decoder columns, Q "
+        "mean-field Gaussian and r(z) = Rz the deficit is ½ [Σᵢ log(RᵀPR)ᵢᵢ − log|P|], P = I + AᵀA/σ² the posterior "
+        "precision, and it is the same over all factorised densities."
+    ),
+)
+
+
+def _grid_cavi(lp: Tensor, h: float, iters: int = 200) -> tuple[float, float]:
+    """Mean-field (all factorised densities) on a 2-D grid: coordinate ascent for q₁(z₁)q₂(z₂) ∝ exp E log p̃ with
+    ``lp [n, n]`` the unnormalised log target on an n×n midpoint grid of cell side h. Returns (best ELBO, log Z) with
+    ELBO = Σ q₁q₂ lp − Σ q₁ log(q₁/h) − Σ q₂ log(q₂/h) and log Z = log Σ exp(lp) h² (the ELBO's supremum)."""
+    n = lp.shape[0]
+    q1 = torch.full((n,), 1.0 / n, dtype=DTYPE)
+    q2 = torch.full((n,), 1.0 / n, dtype=DTYPE)
+    for _ in range(iters):
+        q1_old = q1
+        q1 = torch.softmax(lp @ q2, 0)
+        q2 = torch.softmax(q1 @ lp, 0)
+        if float((q1 - q1_old).abs().max()) < 1e-16:
+            break
+    ent = lambda q: -(q * torch.log(q.clamp_min(1e-300) / h)).sum()  # noqa: E731
+    elbo = float(q1 @ lp @ q2 + ent(q1) + ent(q2))
+    return elbo, float(torch.logsumexp(lp.reshape(-1), 0) + 2 * math.log(h))
+
+
+@SEC3_STRICT.method("closed-form")
+def _sec3s_closed_form(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """PPCA, d = 2, D = 3, A with orthogonal columns of distinct norms (posterior factorised), σ² = 0.5, 2 data points and 2
+    Haar rotations. Route 1: log p(x) (scipy multivariate_normal) − ½ [Σ log(RᵀPR)ᵢᵢ − log|P|]. Route 2: coordinate ascent
+    over all factorised densities on a 160² grid (±9 posterior s.d.) of the transformed model's unnormalised posterior,
+    p(z)p(x|ARz): its best ELBO (and the untransformed model's, which must reach log p(x)). Strict: the deficit exceeds
+    the floor; control: a signed permutation loses nothing."""
+    from scipy.stats import multivariate_normal
+
+    cid, meth = SEC3_STRICT.id, "closed-form"
+    gen = generator(seed)
+    s2 = 0.5
+    Q = orthogonal(gen, 3)[:, :2]
+    A = Q * torch.tensor([1.8, 0.9], dtype=DTYPE)
+    P = torch.eye(2, dtype=DTYPE) + A.T @ A / s2
+    got, exp, orig, logpx, deficits, perm_def = [], [], [], [], [], []
+    for _ in range(2):
+        x = A @ normal(gen, 2) + math.sqrt(s2) * normal(gen, 3)
+        lpx = float(multivariate_normal(mean=np.zeros(3), cov=(A @ A.T + s2 * torch.eye(3, dtype=DTYPE)).numpy()).logpdf(x.numpy()))
+        for R in [proper_rotation(gen, 2) for _ in range(2)] + [torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=DTYPE)]:
+            AR = A @ R
+            m = torch.linalg.solve(torch.eye(2, dtype=DTYPE) + AR.T @ AR / s2, AR.T @ x / s2)
+            sd = torch.sqrt(torch.diagonal(torch.linalg.inv(R.T @ P @ R)))
+            Z, area = grid2(tuple((m - 9 * sd.max()).tolist()), tuple((m + 9 * sd.max()).tolist()), 160)
+            lp = (-0.5 * (Z**2).sum(-1) - LOG2PI + gauss_loglik(x, Z @ AR.T, s2)).reshape(160, 160)
+            elbo, _ = _grid_cavi(lp, math.sqrt(area))
+            pred = lpx - float(0.5 * (torch.log(torch.diagonal(R.T @ P @ R)).sum() - torch.linalg.slogdet(P)[1]))
+            if R[0, 0] == 0:
+                perm_def.append(lpx - elbo)
+            else:
+                got.append(elbo)
+                exp.append(pred)
+                deficits.append(lpx - elbo)
+        m0 = torch.linalg.solve(P, A.T @ x / s2)
+        sd0 = torch.sqrt(torch.diagonal(torch.linalg.inv(P)))
+        Z, area = grid2(tuple((m0 - 9 * sd0.max()).tolist()), tuple((m0 + 9 * sd0.max()).tolist()), 160)
+        lp = (-0.5 * (Z**2).sum(-1) - LOG2PI + gauss_loglik(x, Z @ A.T, s2)).reshape(160, 160)
+        orig.append(_grid_cavi(lp, math.sqrt(area))[0])
+        logpx.append(lpx)
+    return [
+        tcompare(cid, meth, got, exp, "sec3-grid-quadrature",
+                 "best mean-field ELBO of the transformed PPCA model: coordinate ascent over factorised densities on a grid vs "
+                 "log p(x) − ½[Σ log(RᵀPR)ᵢᵢ − log|P|] (4 cases)", seed),
+        tcompare(cid, meth, orig + perm_def, logpx + [0.0] * len(perm_def), "sec3-grid-quadrature",
+                 "untransformed model (posterior in Q): best ELBO = log p(x); signed permutation: no deficit", seed),
+        _min_above_floor(cid, meth, torch.tensor(deficits, dtype=DTYPE),
+                         "strict: log p(x) − best ELBO of the transformed model (posterior outside Q)", seed),
+    ]
+
+
+@SEC3_STRICT.method("autograd")
+def _sec3s_autograd(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
+    """A nonlinear model whose posterior is factorised but not Gaussian: prior N(0, I₂), p(x|z) = Π_k N(x_k; tanh(a_k z_k + c_k),
+    0.1), transformed by a 30° rotation (p(x|Rz)). Route 1: coordinate ascent over all factorised densities on a 300² grid:
+    the untransformed model reaches log p(x) (its posterior is in Q), the transformed one stays below it by more than
+    the floor. Route 2: LBFGS over factorised *Gaussian* q (an inner family) of the exact ELBO (Gauss–Hermite, 48 nodes per
+    axis) in the transformed model: its best ELBO lies below log p(x) and below route 1's maximum (which is over a larger
+    family) within quadrature tolerance."""
+    cid, meth = SEC3_STRICT.id, "autograd"
+    gen = generator(seed)
+    a = uniform(gen, 2, low=0.8, high=1.6)
+    c = uniform(gen, 2, low=-0.4, high=0.4)
+    var = 0.1
+    R = rot2(THETA_30)
+    dec = lambda Z: torch.tanh(Z * a + c)  # noqa: E731
+    x = dec(normal(gen, 1, 2))[0] + math.sqrt(var) * normal(gen, 2)
+    Z, area = grid2((-7.0, -7.0), (7.0, 7.0), 300)
+    prior = -0.5 * (Z**2).sum(-1) - LOG2PI
+    lp0 = (prior + gauss_loglik(x, dec(Z), var)).reshape(300, 300)
+    lpr = (prior + gauss_loglik(x, dec(Z @ R.T), var)).reshape(300, 300)
+    h = math.sqrt(area)
+    e0, logz0 = _grid_cavi(lp0, h)
+    er, logzr = _grid_cavi(lpr, h)
+
+    def gauss_elbo(w: Tensor) -> Tensor:
+        m, s = w[:2], torch.exp(w[2:])
+        nodes, wts = gauss_hermite_2d(m, s, 48)
+        ell = (wts * gauss_loglik(x, dec(nodes @ R.T), var)).sum()
+        return ell - 0.5 * (m @ m + (s**2).sum() - 2 * torch.log(s).sum() - 2)
+
+    w = torch.tensor([0.0, 0.0, -1.0, -1.0], dtype=DTYPE, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, tolerance_grad=1e-11, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -gauss_elbo(w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    eg = float(gauss_elbo(w.detach()))
+    floor = tol("sec3-refute-floor").atol
+    tq = tol("sec3-grid-quadrature")
+    return [
+        tcompare(cid, meth, [e0, logzr], [logz0, logz0], "sec3-grid-quadrature",
+                 "untransformed model (factorised, non-Gaussian posterior ∈ Q): best factorised ELBO = log p(x); and log p'(x) = "
+                 "log p(x) (the rotation preserves the prior)", seed),
+        _min_above_floor(cid, meth, torch.tensor([logz0 - er, logz0 - eg], dtype=DTYPE),
+                         f"strict: transformed model, best factorised ELBO {er:.10g} and best factorised-Gaussian ELBO {eg:.10g} vs "
+                         f"log p(x) = {logz0:.10g}", seed),
+        result(cid, meth, passed=eg <= er + tq.atol + tq.rtol * abs(er), measured=eg, expected=er, abs_err=max(0.0, eg - er),
+               atol=tq.atol, rtol=tq.rtol, seed=seed,
+               detail="the Gaussian mean-field maximum (LBFGS, Gauss–Hermite) does not exceed the maximum over all factorised "
+                      "densities (grid coordinate ascent) [tolerance 'sec3-grid-quadrature']"),
     ]
