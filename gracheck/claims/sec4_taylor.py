@@ -319,7 +319,7 @@ def _eq6_autograd(*, seed: int, candidate=None):
                 J = torch.func.jacrev(net)(z)
                 Hp = torch.func.hessian(lambda gg, x=x: obs.log_prob(x[None], gg[None])[0])(net(z))
                 GNs.append(J.T @ Hp @ J)
-                fd = _fd_hessian_in_region(_loglik(obs, x, net), net, z)
+                fd = _fd_hessian_in_region(_loglik(obs, x, net), net, z) if len(FDs) < 5 and not (act == "tanh" or sig) else None
                 if fd is not None:
                     FDs.append(fd)
                     GNfd.append(GNs[-1])
@@ -329,8 +329,8 @@ def _eq6_autograd(*, seed: int, candidate=None):
                 fdres = tcompare(c6.id, "autograd", torch.stack(FDs) if FDs else torch.zeros(1), torch.stack(GNfd) if GNfd else torch.ones(1),
                                  "finite-difference",
                                  f"{obs!r} {net!r}: central differences of ∇_z log p(x|g(z)) (h = {_FD_H:g}; no AD second "
-                                 f"derivative) vs JᵀH_pJ at {len(FDs)} of 10 points inside one linear region", seed)
-                out.append(dataclasses.replace(fdres, passed=fdres.passed and ok_pts))
+                                 f"derivative) vs JᵀH_pJ at the first {len(FDs)} points whose stencil stays inside one linear region", seed)
+                out.append(dataclasses.replace(fdres, passed=fdres.passed and ok_pts))  # ≥ 5 of ≤ 10 tried points
             if act == "tanh" or sig:
                 rel = float((Hf - GN).abs().max() / Hf.abs().max())
                 t = tol("negative-control")

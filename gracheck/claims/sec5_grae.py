@@ -851,11 +851,6 @@ c14mf = claim(
 )
 
 
-def _mf_value(H: Tensor, beta: float) -> Tensor:
-    """−β/2 Σᵢ log(1 − Hᵢᵢ/β) for H ``[..., d, d]`` (the claimed diagonal-Σ maximum of Eq. 8's Σ-terms)."""
-    return -beta / 2 * torch.log1p(-torch.diagonal(H, dim1=-2, dim2=-1) / beta).sum(-1)
-
-
 @c14mf.method("symbolic")
 def _eq14mf_symbolic(*, seed: int, candidate=None):
     """sympy, d = 2, generic symmetric M = JᵀH_pJ (entries m₁₁, m₁₂, m₂₂) and β: Eq. 7's Σ-terms on diagonal Σ = diag(s₁, s₂)
@@ -1262,7 +1257,7 @@ cbp = claim(
 @cbp.method("symbolic")
 def _bp_symbolic(*, seed: int, candidate=None):
     """sympy, d = 1, an affine logit a(z) = wz + c (one linear region), p = σ(a), x ∈ {0, 1}: the exact f''(z) of
-    f = x log p + (1 − x) log(1 − p) by sympy differentiation, evaluated to 40 digits at seeded rational (w, c, z):
+    f = x log p + (1 − x) log(1 − p) by sympy differentiation, evaluated to 40 digits at 2 seeded rational (w, c, z) per x:
     minus the logit form −w²p(1 − p) it is 0; minus the probability form J_pᵀH_pJ_p (J_p = dp/dz by sympy, H_p =
     −1/(1 − x − p)²) it is not 0, but is 0 once the missing term (∂f/∂p)·d²p/dz² is subtracted; and the ratio of the two
     weights is (1 − p)/p at x = 1 and p/(1 − p) at x = 0."""
@@ -1280,19 +1275,19 @@ def _bp_symbolic(*, seed: int, candidate=None):
         prob = sp.diff(p, z) ** 2 * (-1 / (1 - xv - p) ** 2)
         missing = sp.diff(fP, P).subs(P, p) * sp.diff(p, z, 2)
         ratio = prob / logit - ((1 - p) / p if xv == 1 else p / (1 - p))
-        for _ in range(3):
+        for _ in range(2):
             wv, cv, zv = _rationals(gen, 3, -2, 2, 3)
             wv = wv if wv != 0 else sp.Rational(1, 2)
             cv = cv if wv * zv + cv != 0 else cv + 1  # keep p ≠ ½, where the missing term vanishes
             at = {w: wv, c: cv, z: zv}
-            ev = lambda e: float(sp.Abs(e.subs(at)).evalf(40))  # noqa: E731
+            ev = lambda e: abs(float(e.xreplace(at).evalf(40)))  # noqa: E731
             zeros += [ev(exact - logit), ev(exact - prob - missing), ev(ratio)]
             nonzero.append(ev(exact - prob))
     t = tol("sec3-mpmath")
     ok = max(zeros) <= t.atol and min(nonzero) > tol("sec3-refute-floor").atol
     return result(cbp.id, "symbolic", passed=ok, measured=f"max |zero residual| {max(zeros):.3g}; min |exact − probability form| {min(nonzero):.3g}",
                   expected="0; > 1e-6", abs_err=max(zeros), atol=t.atol, rtol=0.0, seed=seed,
-                  detail="sympy, affine logit a = wz + c, x ∈ {0, 1}, 3 rational points each, 40 digits: exact f'' − logit form, "
+                  detail="sympy, affine logit a = wz + c, x ∈ {0, 1}, 2 rational points each, 40 digits: exact f'' − logit form, "
                          "exact − probability form − missing term, weight ratio − (1−p)/p (x = 1) or p/(1−p) (x = 0) are 0; exact − "
                          "probability form alone is not [tolerances 'sec3-mpmath', 'sec3-refute-floor']")
 

@@ -99,6 +99,14 @@ TOLERANCES: dict[str, Tolerance] = {
         rtol=0.0,
         reason="|z| ≤ 5 replicate s.e. over 32 scrambled-Sobol replicates: a true statement fails with probability ≈ 2e-5 (t, 31 dof)",
     ),
+    # An optimum's rotation angle counted as "not 0": the LBFGS + Newton optimum of a fixed data set is exact to ~1e-10 rad
+    # (its angle agrees across starts to ≲ 1e-9 degrees, measured), so 1° is far above optimiser error; it is not a
+    # finite-sample allowance (the data set is fixed) and the angles found on App. C data are 2.5°–31°.
+    "appC-angle-nonzero": Tolerance(
+        atol=1.0,
+        rtol=0.0,
+        reason="|optimum angle| > 1°: optimiser error on a fixed data set is ≲ 1e-9°, the rotations found are ≥ 2.5°",
+    ),
     # Kolmogorov–Smirnov p-values of samples that follow the null: each is uniform on (0, 1).
     "sec3-ks-level": Tolerance(
         atol=1e-4,
