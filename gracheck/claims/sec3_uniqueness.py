@@ -1896,17 +1896,19 @@ ERR_THM1 = claim(
     kind="erratum",
     statement=(
         "As printed: with R 'the class of mixing transforms that leave the prior invariant', 'If Q is s.t. q ∈ Q ⇒ r#q ∉ Q "
-        "for all r ∈ R, and argmax_{q∈Q̃} L(q, p*) is unique, then max_{q∈Q} L(q, p*_r) < L(q*, p*)'; Sec. 3.2 applies it "
-        "with a Gaussian prior and R the orthogonal transformations."
+        "for all r ∈ R, and argmax_{q∈Q̃} L(q, p*) is unique, then max_{q∈Q} L(q, p*_r) < L(q*, p*)'; Sec. 3.2 names a "
+        "Gaussian prior with factorised non-Gaussian Q and R the orthogonal transformations as a choice that satisfies it, "
+        "and the experiments (Fig. 1, App. C) use factorised Gaussian Q."
     ),
     corrected=(
         "The hypothesis is needed only at the optimum: it suffices that r⁻¹#q* ∉ Q for the r considered (the proof uses it "
         "only to exclude q' = r⁻¹#q*), with the maximiser over Q̃ unique and max_{q∈Q} L(q, p*_r) attained (pointwise "
         "L(q', p*_r) < L(q*, p*) bounds a supremum strictly only when it is attained). As printed it never holds when R "
-        "contains a transform that keeps Q (the identity, signed permutations: for those the conclusion fails, with "
-        "equality), and for the mean-field Gaussian Q of the paper's experiments it fails for every rotation (isotropic "
-        "q = N(m, sI) ∈ Q is mapped into Q), yet in β-PPCA the conclusion holds for every rotation that is not a signed "
-        "permutation. R must exclude the transforms that keep q* in Q."
+        "contains a transform that keeps Q — the identity, and for any factorised Q (Gaussian or not) the signed "
+        "permutations, which are orthogonal and prior-preserving; for those the conclusion fails, with equality — and for "
+        "the factorised Gaussian Q of the experiments it fails for every rotation (isotropic q = N(m, sI) ∈ Q is mapped "
+        "into Q), yet in β-PPCA the conclusion holds for every rotation that is not a signed permutation. R must exclude "
+        "the transforms that keep q* in Q."
     ),
 )
 
