@@ -32,6 +32,12 @@ METHODS = {
     "erratum-appA-unit-jacobian": ("autograd", "symbolic"),
     "erratum-appA-psi-argument": ("montecarlo", "autograd"),
     "erratum-appB-eq15-jacobian": ("autograd", "montecarlo"),
+    # issue 13
+    "erratum-appC-gaussian-w": ("closed-form", "autograd", "montecarlo"),
+    "appC-shared-covariance-rotation": ("closed-form", "autograd"),
+    "thm1-strict-inequality": ("closed-form", "autograd", "symbolic"),
+    "erratum-thm1-hypothesis": ("closed-form", "symbolic"),
+    "sec3-outside-family-strict": ("closed-form", "autograd"),
 }
 
 CASES = [pytest.param(cid, m, id=f"{cid}[{m}]") for cid, ms in METHODS.items() for m in ms]

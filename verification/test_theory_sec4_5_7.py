@@ -48,6 +48,12 @@ EXPECTED_METHODS = {
     "erratum-sec7-decoder-variance": ("symbolic", "autograd"),
     "erratum-sec5.3-frobenius-order": ("symbolic", "autograd"),
     "erratum-eq9-maximiser-condition": ("symbolic", "autograd"),  # new erratum (not in PAPER.md's list)
+    # issue 13: statements not covered before, and new errata
+    "eq14-mean-field-taylor-optimum": ("symbolic", "autograd", "property"),
+    "sec5.3-orthogonality-penalty": ("symbolic", "closed-form", "montecarlo"),
+    "sec5.1-bernoulli-parameterisation": ("symbolic", "autograd"),
+    "erratum-sec5.2-fixed-covariance": ("closed-form", "autograd"),
+    "erratum-sec7-relu-eq6-exact": ("autograd", "symbolic"),
 }
 CANDIDATE_CLAIMS = ("eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap")
 
@@ -85,7 +91,8 @@ def test_errata_record_their_counterexample():
     """Each erratum's evidence names the printed statement's failure with numbers (a counterexample)."""
     for cid, needle in (("erratum-sec7-gap-as-printed", "Counterexample"), ("erratum-sec7-decoder-variance", "counterexample"),
                         ("erratum-sec5.3-frobenius-order", "counterexample"),
-                        ("erratum-eq9-maximiser-condition", "Counterexample")):
+                        ("erratum-eq9-maximiser-condition", "Counterexample"),
+                        ("erratum-sec5.2-fixed-covariance", "COUNTEREXAMPLE"), ("erratum-sec7-relu-eq6-exact", "COUNTEREXAMPLE")):
         details = " ".join(r.detail for r in get(cid).check(seed=0))
         assert needle in details, (cid, details[:300])
 

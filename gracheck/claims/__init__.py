@@ -27,6 +27,7 @@ MODULES: tuple[str, ...] = (
     "gracheck.theory.sec4_taylor",  # Eq. 3-11 (+ Sec. 7 decoder-variance erratum)
     "gracheck.theory.sec5_grae",  # Eq. 12-14, Sec. 5.1-5.3 (+ Sec. 5.3 erratum)
     "gracheck.theory.sec7_gap",  # Sec. 7 / App. F gap (+ its erratum)
+    "gracheck.theory.appendices",  # App. D, App. G and Sec. 7 text errata
     "gracheck.experiments.fig1_rotation",  # Fig. 1, 5, 6; App. C
     "gracheck.experiments.fig2_precision",  # Fig. 2, 7; Eq. 11
     "gracheck.experiments.fig3_objectives",  # Fig. 3; App. F
