@@ -58,7 +58,7 @@ BatchNorm buffers, Adam state, random-generator state, logged terms (log.csv) an
 evaluations (eval.jsonl) are bitwise equal to :func:`gracheck.train.train` on its config, same
 machine and thread count (``tests/test_ensemble.py`` checks β-VAE mean-field and block-diagonal,
 GRAE≈ and GRAE, MLP and conv). What breaks bitwise equality, and where: ``conv="grouped"`` (oneDNN
-grouped kernels, above; the tests bound the difference: tolerance ``ENSEMBLE_GROUPED_CONV_RTOL``),
+grouped kernels, above; the tests bound the difference by the tolerance ``ensemble-grouped-conv-float32``),
 and any CUDA run (cuBLAS/cuDNN choose kernels by shape; no bitwise promise, as for the trainer;
 ``tests/test_gpu.py`` compares CUDA with CPU in float64). Mixed objectives (β-VAE with GRAE≈) are
 separate ensembles.
@@ -727,6 +727,7 @@ class Ensemble(nn.Module):
             if missing:
                 raise ValueError(f"model: the ensemble has no place for {missing} of members[{i}]")
         self._param_order = [[n for n, _ in mm.named_parameters()] for mm in members]
+        self._norm_plan = None
 
     @staticmethod
     def _stack_all(per_member: list[list[nn.Module]], names, M: int, conv: str) -> list[_Stacked]:
@@ -847,17 +848,33 @@ class Ensemble(nn.Module):
 
     def grad_norms(self) -> Tensor:
         """Per model, the trainer's gradient norm: ‖(‖g_p‖)_p‖ over the single model's parameters in order, ``[M]``."""
-        params = dict(self.named_parameters())
-        per_param: dict[str, Tensor] = {}
-        for name, p in params.items():
-            if p.grad is not None:
-                per_param[name] = torch.linalg.vector_norm(p.grad.reshape(p.shape[0], -1).float(), dim=1)
-        rows = []
-        for m in range(self.M):
-            norms = [per_param[ens][row] for n in self._param_order[m]
-                     for ens, row in [self._slots[m][n]] if ens in per_param]
-            rows.append(torch.stack(norms) if norms else torch.zeros(1, device=next(self.parameters()).device))
-        return torch.linalg.vector_norm(torch.stack(rows), dim=1)
+        if self._norm_plan is None:  # per single-model parameter position: (stacked parameter, its rows' members)
+            params = dict(self.named_parameters())
+            plan = []
+            for j, name in enumerate(self._param_order[0]):
+                ens = {self._slots[m][self._param_order[m][j]][0] for m in range(self.M)}
+                plan.append([(params[e], [m for m in range(self.M) if self._slots[m][self._param_order[m][j]][0] == e])
+                             for e in sorted(ens)])
+            self._norm_plan = plan
+        cols = []
+        for parts in self._norm_plan:
+            if len(parts) == 1 and parts[0][0].grad is not None:
+                p = parts[0][0]
+                cols.append(torch.linalg.vector_norm(p.grad.reshape(p.shape[0], -1).float(), dim=1))
+                continue
+            col = None
+            for p, members in parts:  # the posterior head's groups: scatter each group's norms to its members
+                if p.grad is None:
+                    continue
+                v = torch.linalg.vector_norm(p.grad.reshape(p.shape[0], -1).float(), dim=1)
+                if col is None:
+                    col = v.new_zeros(self.M)
+                col[torch.tensor(members, device=v.device)] = v
+            if col is not None:
+                cols.append(col)
+        if not cols:
+            return torch.zeros(self.M, device=next(self.parameters()).device)
+        return torch.linalg.vector_norm(torch.stack(cols, 1), dim=1)
 
 
 class _MemberNonFinite(Exception):
@@ -903,10 +920,13 @@ def _terms(net: Ensemble, cfg: TrainConfig, obs, x: Tensor, gens: Sequence[torch
     D, d = xf.shape[2], mean.shape[2]
 
     def log_prob(xx: Tensor, g: Tensor) -> Tensor:  # [M, R, D] → [M, R]
-        bad = ~torch.isfinite(g.detach()).reshape(M, -1).all(1)
-        if bool(bad.any()):
-            raise _MemberNonFinite(int(bad.nonzero()[0]), "decoder output", "the decoder output is not finite")
-        return obs.log_prob(xx.reshape(-1, D), g.reshape(-1, D)).reshape(M, -1)
+        try:  # the observation model validates g (NaN/Inf: a ValueError naming it); find the model only then
+            return obs.log_prob(xx.reshape(-1, D), g.reshape(-1, D)).reshape(M, -1)
+        except ValueError:
+            bad = ~torch.isfinite(g.detach()).reshape(M, -1).all(1)
+            if bool(bad.any()):
+                raise _MemberNonFinite(int(bad.nonzero()[0]), "decoder output", "the decoder output is not finite") from None
+            raise
 
     if cfg.model == "beta-vae":
         n = cfg.n_samples
@@ -1264,10 +1284,19 @@ def _check_folders(out: Path, dirs: list[Path], cfgs, conv: str, resume: bool) -
             if diff:
                 raise ConfigMismatchError(f"model_dirs[{i}]: {p}/config.json differs from configs[{i}] in {sorted(diff)}")
         newest = _tr.latest_checkpoint(p)
-        if newest is not None and int(_CKPT_RE.match(newest.name).group(1)) > start:
+        if newest is not None and int(_CKPT_RE.match(newest.name).group(1)) > start and not _exported_by(p, out, i):
             raise FileExistsError(f"model_dirs[{i}]: {newest} is newer than the ensemble's state (step {start}); "
                                   "the folder holds a run this ensemble did not write")
     return ck, ck_path
+
+
+def _exported_by(folder: Path, out: Path, index: int) -> bool:
+    """Whether ``folder``'s checkpoints were exported by the ensemble in ``out`` as its model ``index``."""
+    try:
+        meta = json.loads((folder / "ensemble-member.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("ensemble") == str(out.resolve()) and meta.get("index") == index
 
 
 def _prepare_folders(out: Path, dirs: list[Path], cfgs, conv: str, ck_path: Path | None, start: int) -> None:
@@ -1287,6 +1316,9 @@ def _prepare_folders(out: Path, dirs: list[Path], cfgs, conv: str, ck_path: Path
         _tr.atomic_write_text(p / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
         if start < c.steps:  # training continues: an earlier export's result no longer describes the folder
             (p / "result.json").unlink(missing_ok=True)
+        for f in _ckpt_files(p):  # our own exports past the resume point (we fell back): recomputed, bitwise
+            if int(_CKPT_RE.match(f.name).group(1)) > start:
+                f.unlink()
 
 
 def train_ensemble(
@@ -1451,8 +1483,10 @@ def step_flops(configs: Sequence[TrainConfig], *, conv: str = "auto", device: st
 
     cfgs = check_configs(configs)
     run = EnsembleRun(cfgs, device=device, conv=conv, data=_synthetic(cfgs[0], 2 * cfgs[0].batch_size))
-    with _tr.runtime(cfgs[0], run.device), FlopCounterMode(display=False) as fc:
-        run.step()
+    with _tr.runtime(cfgs[0], run.device):
+        run.step()  # first step: the one-time GEMM probes (see _gemm), which are not part of a step's work
+        with FlopCounterMode(display=False) as fc:
+            run.step()
     return int(fc.get_total_flops())
 
 
@@ -1462,7 +1496,8 @@ def time_steps(configs: Sequence[TrainConfig], steps: int, *, warmup: int = 1, c
 
     Returns ``{"models", "steps", "seconds_per_step" (median), "seconds_per_step_min", "seconds_per_step_max",
     "flops_per_step" (whole ensemble), "tflop_per_s", "device", "conv", "threads"}``. Step times do not depend
-    on pixel values; no files are written.
+    on pixel values; no files are written. The first step of a process also runs the one-time GEMM probes
+    (see :func:`_gemm`), so keep ``warmup`` ≥ 1.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
