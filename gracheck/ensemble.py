@@ -376,18 +376,25 @@ class _LinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        ctx.dtypes = (x.dtype, W.dtype, None if b is None else b.dtype)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):  # as addmm/mm under autocast: compute in the autocast dtype
+            dt = torch.get_autocast_dtype(dev)
+            x, W, b = x.to(dt), W.to(dt), None if b is None else b.to(dt)
         x = x.contiguous()
         ctx.save_for_backward(x, W)
         ctx.has_bias = b is not None
-        return _gemm("fwd", x, W, b)
+        with torch.autocast(dev, enabled=False):
+            return _gemm("fwd", x, W, b)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, W = ctx.saved_tensors
-        grad = grad.contiguous()
-        gx = _gemm("gx", grad, W) if ctx.needs_input_grad[0] else None
-        gW = _gemm("gW", grad, x) if ctx.needs_input_grad[1] else None
-        gb = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None  # addmm's bias: sum over the batch
+        grad = grad.to(x.dtype).contiguous()
+        dx, dW, db = ctx.dtypes
+        gx = _gemm("gx", grad, W).to(dx) if ctx.needs_input_grad[0] else None
+        gW = _gemm("gW", grad, x).to(dW) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(1).to(db) if ctx.has_bias and ctx.needs_input_grad[2] else None  # addmm's bias: sum over the batch
         return gx, gW, gb
 
 
@@ -931,7 +938,8 @@ def _terms(net: Ensemble, cfg: TrainConfig, obs, x: Tensor, gens: Sequence[torch
     if cfg.model == "beta-vae":
         n = cfg.n_samples
         q = GaussianPosterior(mean, L)
-        eps = torch.stack([torch.randn((n, B, d), generator=g, dtype=mean.dtype, device=mean.device) for g in gens])
+        eps = torch.stack([torch.randn((n, B, d), generator=g, dtype=mean.dtype, device=g.device) for g in gens])
+        eps = eps.to(mean.device)  # a no-op unless the run draws on another device (rng_device)
         z = mean.unsqueeze(1) + torch.einsum("mbij,mnbj->mnbi", L, eps)  # GaussianPosterior.sample, per model
         g = cast(net.decode)(z.reshape(M, n * B, d))
         lp = log_prob(xf.repeat(1, n, 1), g).reshape(M, n, B)
@@ -983,11 +991,13 @@ class EnsembleRun:
     :func:`train_ensemble` drives it with logs and checkpoints, :func:`time_steps` times it. ``device``
     (default: the configs' device), ``dtype`` (float32 as the trainer; float64 for checks) and
     ``data = (train_images, held_out_images)`` (default: the configs' data set, as the trainer loads it).
+    ``rng_device``: where the generators draw (default: ``device``, as the trainer; "cpu" makes a CUDA run
+    draw the same numbers as a CPU run, for comparing the two).
     """
 
     def __init__(self, configs: Sequence[TrainConfig], *, device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.float32, conv: str = "auto", data: tuple[Tensor, Tensor] | None = None,
-                 data_root=None) -> None:
+                 data_root=None, rng_device: str | torch.device | None = None) -> None:
         self.configs = check_configs(configs)
         cfg = self.cfg = self.configs[0]
         self.M = len(self.configs)
@@ -999,8 +1009,8 @@ class EnsembleRun:
         self.net = Ensemble(members, conv=self.conv).to(self.device, dtype).train()
         self.obs = _tr.make_obs(cfg)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        self.gens = [torch.Generator(device=self.device).manual_seed(_tr.derive_seed("noise", c.seed, 0))
-                     for c in self.configs]
+        rng = self.device if rng_device is None else torch.device(rng_device)
+        self.gens = [torch.Generator(device=rng).manual_seed(_tr.derive_seed("noise", c.seed, 0)) for c in self.configs]
         self.beta = torch.tensor([[c.beta] for c in self.configs], dtype=dtype, device=self.device)
         if data is None:
             train_x, held, self.data_desc = _tr.load_data(cfg, data_root)
