@@ -98,7 +98,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import statistics
@@ -828,19 +827,6 @@ class Ensemble(nn.Module):
         sd = self.state_dict()
         return {k: sd[name][row].detach().clone() for k, (name, row) in self._slots[m].items()}
 
-    def load_member_state_dict(self, m: int, state: dict[str, Tensor]) -> None:
-        """Copy a single model's state dict into row m (every entry must be present, shapes must match)."""
-        missing = sorted(set(self._slots[m]) - set(state))
-        if missing:
-            raise ValueError(f"state: lacks {missing}")
-        sd = self.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for k, (name, row) in self._slots[m].items():
-                dst = sd[name][row]
-                if tuple(dst.shape) != tuple(state[k].shape):
-                    raise ValueError(f"state: {k} has shape {tuple(state[k].shape)}, expected {tuple(dst.shape)}")
-                dst.copy_(state[k])
-
     def member_optimizer_state(self, m: int, opt: torch.optim.Adam, template: dict) -> dict:
         """Model m's Adam state in ``torch.optim.Adam.state_dict()`` form (``template``: a fresh Adam's state dict
         over the single model's parameters, for the parameter groups)."""
@@ -1021,6 +1007,7 @@ class EnsembleRun:
         self.train_x, self.held = train_x, held
         self.streams = [_tr.BatchStream(len(train_x), cfg.batch_size, c.seed) for c in self.configs]
         self.step_index = 0
+        self._init_members: list[nets.VAEModel] | None = members  # reused (weights overwritten) for evaluation
         self._members: list[nets.VAEModel] | None = None
 
     def batch(self, step: int) -> Tensor:
@@ -1067,7 +1054,8 @@ class EnsembleRun:
 
     def _member_models(self) -> list[nets.VAEModel]:
         if self._members is None:
-            self._members = [_tr.init_model(c).to(self.device, self.dtype) for c in self.configs]
+            self._members = [m.to(self.device, self.dtype) for m in self._init_members]
+            self._init_members = None
         return self._members
 
     def members(self) -> list[nets.VAEModel]:
@@ -1449,8 +1437,6 @@ def _train_ensemble(cfgs, out: Path, dirs: list[Path], resume, progress, data_ro
             le.close()
 
     seconds = seconds0 + time.perf_counter() - t_session
-    if last_ckpt is None:  # resumed at the last step without a result: the checkpoint is the final state
-        last_ckpt = _ckpt_files(out)[0]
     return _export(run, cfgs, out, dirs, conv, device, seconds, last_train, last_eval, start if ck is not None else None)
 
 
