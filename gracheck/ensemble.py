@@ -9,25 +9,32 @@ random streams (data order, reparameterisation noise, GRAE≈ columns), so each 
 :func:`gracheck.train.train` trains from its own config alone (see "Equality" below). Configs that
 cannot share one computation (any other field differs) are refused with a ValueError naming the field.
 
-How the layers are batched (one implementation, chosen by measurement on this CPU, see below):
+How the layers are batched (explicit batching, chosen by measurement on this CPU; torch 2.13, MKL, AVX2):
 
-* Linear: ``torch.baddbmm`` on weights ``[M, out, in]`` and activations ``[M, B, in]``. Measured
-  (torch 2.13, MKL, AVX2): per model it gives bitwise the result of ``F.linear`` (addmm), forward and
-  backward, for every layer size of the smoke and paper nets; ``vmap(F.linear)`` (what
-  ``torch.func.stack_module_state`` + ``functional_call`` + ``vmap`` runs) computes ``matmul`` then
-  adds the bias and differs from addmm in the last bit whenever the contraction is long (784 → 128).
-  So the batched GEMM is the route that can keep the single-model result, and it is also the one
-  with no per-op transform overhead.
-* Convolutions and BatchNorm run on a *grouped* layout ``[B, M·C, H, W]`` (model m owns channels
-  [mC, (m+1)C)), where BatchNorm with M·C channels is exactly M per-model BatchNorms (one
-  ``F.batch_norm`` call; its per-channel statistics and running-average updates are bitwise the
-  single model's). ``conv="grouped"`` runs each convolution as one grouped convolution
-  (``groups = M``); ``conv="per-model"`` runs M ordinary convolutions on the channel blocks.
-  oneDNN picks another kernel for a grouped convolution, whose sums differ from the ungrouped one
-  in the last bits (measured: up to 1e-5 absolute on the App. D MNIST layers), and on this CPU a
-  grouped convolution is not faster than M ordinary ones (measured at width 1/16 and 1/4: within
-  ±30% per layer, either way). So ``conv="auto"`` is "per-model" on CPU (bitwise) and "grouped" on
-  CUDA (one launch per layer instead of M).
+* Linear: batched GEMMs (``baddbmm``/``bmm``) on weights ``[M, out, in]`` and activations
+  ``[M, B, in]``, in a custom autograd function whose backward forms the single model's products in
+  the single model's orientation (autograd's ``mm`` backward forms a column-major weight's gradient as
+  ``gradᵀ @ x``; ``bmm``'s own backward forms ``xᵀ @ grad`` and transposes it, which differs in the
+  last bits for some sizes). Batched and per-model GEMMs agree bitwise for many shapes but not all
+  (measured over 7128 (shape, threads) cases: 911 differ, e.g. 5 rows on 2 threads), so each GEMM shape
+  is probed once per process against the single model's ``addmm``/``mm`` and runs batched only if it
+  agrees, else model by model on 64-byte-aligned operands (a model's slice of a stacked tensor need not
+  start where a tensor of its own would, and MKL takes other paths for displaced operands; measured).
+  At every smoke-scale shape the batched form agrees. ``torch.func.stack_module_state`` +
+  ``functional_call`` + ``vmap`` was measured as the alternative: ``vmap(F.linear)`` runs ``matmul``
+  then adds the bias and differs from ``addmm`` in the last bit whenever the contraction is long
+  (784 → 128); and vmap over models does not compose with the engine's public ``jacobian_columns``
+  (it validates the column indices with ``.item()``, which vmap refuses; checked).
+* Convolutions and BatchNorm: ``conv="per-model"`` (CPU default) runs them model by model on each
+  model's own tensors (the "list" layout), i.e. the single model's ops and also its autograd graph:
+  computing the M models' BatchNorm statistics from slices of one tensor regroups the gradient
+  contributions of mean, variance and normalisation and changes the last bits (measured).
+  ``conv="grouped"`` (CUDA default) uses the layout ``[B, M·C, H, W]`` (model m owns the channel block
+  [mC, (m+1)C)): one grouped convolution (``groups = M``) and one BatchNorm over M·C channels per
+  layer, one launch instead of M. oneDNN picks another kernel for a grouped convolution, whose sums
+  differ from the ungrouped one in the last bits (measured: up to 1e-5 absolute on the App. D MNIST
+  layers), and on this CPU a grouped convolution is not faster than M ordinary ones (measured at
+  width 1/16 and 1/4: within ±30% per layer, either way).
 * Elementwise ops (activations, the objectives' logs) run on the stacked tensor. PyTorch's CPU
   kernels compute transcendental functions (exp in ELU, sigmoid, softplus, log1p) with a
   vectorised routine in blocks of 2 SIMD vectors and with a scalar routine for the remainder of
@@ -56,12 +63,19 @@ How the layers are batched (one implementation, chosen by measurement on this CP
 Equality with one-at-a-time training. On CPU with ``deterministic=True`` each model's parameters,
 BatchNorm buffers, Adam state, random-generator state, logged terms (log.csv) and held-out
 evaluations (eval.jsonl) are bitwise equal to :func:`gracheck.train.train` on its config, same
-machine and thread count (``tests/test_ensemble.py`` checks β-VAE mean-field and block-diagonal,
-GRAE≈ and GRAE, MLP and conv). What breaks bitwise equality, and where: ``conv="grouped"`` (oneDNN
-grouped kernels, above; the tests bound the difference by the tolerance ``ensemble-grouped-conv-float32``),
-and any CUDA run (cuBLAS/cuDNN choose kernels by shape; no bitwise promise, as for the trainer;
-``tests/test_gpu.py`` compares CUDA with CPU in float64). Mixed objectives (β-VAE with GRAE≈) are
-separate ensembles.
+machine and thread count (``tests/test_ensemble.py`` checks β-VAE with mean-field, block-diagonal
+and full posteriors in one ensemble, GRAE≈ and GRAE, MLP and conv, sizes that trigger every per-model
+fallback, 1 and 2 threads). What breaks bitwise equality, and where: ``conv="grouped"`` (oneDNN's
+grouped kernels, above; the tests bound the difference by the tolerance
+``ensemble-grouped-conv-float32``); any CUDA run (cuBLAS/cuDNN choose kernels by shape; no bitwise
+promise, as for the trainer; ``tests/test_gpu.py`` compares CUDA with CPU in float64); and bf16
+autocast (CUDA; the single trainer's AMP decoder takes the engine's forward-AD route, the ensemble
+its chain route). Mixed objectives (β-VAE with GRAE≈) are separate ensembles.
+
+Speed (``benchmarks/bench_ensemble.py``, results/bench_ensemble-cpu.json): on this 2-core CPU, one
+thread, 8 smoke-size models train as one ensemble 1.7-1.8× faster than one after the other (whole
+runs, files included). The batching saves per-op dispatch; the FLOPs, the elementwise Adam update and
+the NaN/Inf checks scale with M, so a CPU gains little more. On a GPU the saving is the launch count.
 
 Random streams per model, as the trainer's: data order from ``BatchStream(n, B, seed)``; posterior
 noise (``torch.randn((n, B, d))``) and GRAE≈ columns (:func:`gracheck.objectives.sample_columns`)
