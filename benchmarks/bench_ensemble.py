@@ -102,7 +102,7 @@ def _single_steppers(cfgs):
     """The trainer's own step for each config (objective module, Adam, gradient norm), without files."""
     out = []
     for cfg in cfgs:
-        net = T.init_model(cfg).train()
+        net = T.build_model(cfg).train()
         obj = T._Objective(net, cfg, T.make_obs(cfg), None)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(T.derive_seed("noise", cfg.seed, 0))

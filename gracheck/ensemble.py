@@ -80,7 +80,7 @@ the NaN/Inf checks scale with M, so a CPU gains little more. On a GPU the saving
 Random streams per model, as the trainer's: data order from ``BatchStream(n, B, seed)``; posterior
 noise (``torch.randn((n, B, d))``) and GRAE≈ columns (:func:`gracheck.objectives.sample_columns`)
 from the model's own generator seeded from ``("noise", seed, 0)``; initialisation from
-``init_model(config)``; evaluation noise from ``("eval", seed)``. Nothing reads the global RNG.
+``build_model(config)``; evaluation noise from ``("eval", seed)``. Nothing reads the global RNG.
 
 Files. ``out_dir`` holds the ensemble: ``ensemble.json`` (the configs, model folders, conv mode),
 atomic checkpoints ``ckpt-*.pt`` of the whole ensemble (stacked weights and buffers, Adam state,
@@ -669,7 +669,7 @@ def _stack_layer(mods: Sequence[nn.Module], M: int, mode: str) -> _Stacked:
 class Ensemble(nn.Module):
     """M models of one architecture as one module with stacked parameters.
 
-    Built from M single models (:class:`gracheck.nets.VAEModel`, e.g. ``init_model(config)``) that
+    Built from M single models (:class:`gracheck.nets.VAEModel`, e.g. ``build_model(config)``) that
     differ at most in the posterior head's structure; ``conv`` is "per-model" or "grouped" (see the
     module docstring). :meth:`encode` maps model-major images ``x [M, B, ...]`` to
     ``(mean [M, B, d], scale_tril [M, B, d, d] or None)``; :meth:`decode` maps ``z [M, R, d]`` to
@@ -986,7 +986,7 @@ def _autocast(device_type: str):
 class EnsembleRun:
     """The training state of an ensemble: stacked networks, one Adam over them, M generators and M batch streams.
 
-    ``EnsembleRun(configs)`` initialises every model as ``init_model(config)`` does and
+    ``EnsembleRun(configs)`` initialises every model as ``build_model(config)`` does and
     :meth:`step` makes one training step of all of them (returns each model's logged metrics);
     :func:`train_ensemble` drives it with logs and checkpoints, :func:`time_steps` times it. ``device``
     (default: the configs' device), ``dtype`` (float32 as the trainer; float64 for checks) and
@@ -1005,7 +1005,7 @@ class EnsembleRun:
         self.conv = _resolve_conv(conv, self.device)
         self.dtype = dtype
         self.amp = self.device.type if (cfg.amp and self.device.type == "cuda") else None
-        members = [_tr.init_model(c) for c in self.configs]
+        members = [_tr.build_model(c) for c in self.configs]
         self.net = Ensemble(members, conv=self.conv).to(self.device, dtype).train()
         self.obs = _tr.make_obs(cfg)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)

@@ -1048,7 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ensemble is the model trained alone (same initialisation, data order, random streams, logs and
 # checkpoint files). They are aliases of the private names above, which stay as they are.
 derive_seed = _derive_seed
-init_model = _build
+build_model = _build
 make_obs = _make_obs
 BatchStream = _BatchStream
 load_data = _load_data
@@ -1060,7 +1060,7 @@ atomic_write_bytes = _atomic_write_bytes
 atomic_write_text = _atomic_write_text
 save_checkpoint = _save_ckpt
 __all__ += ["BatchStream", "RunLog", "atomic_write_bytes", "atomic_write_text", "derive_seed", "evaluate",
-            "init_model", "load_data", "make_obs", "resolve_device", "runtime", "save_checkpoint"]
+            "build_model", "load_data", "make_obs", "resolve_device", "runtime", "save_checkpoint"]
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from gracheck.ensemble import (
     time_steps,
     train_ensemble,
 )
-from gracheck.train import ConfigMismatchError, TrainConfig, TrainingDiverged, init_model, load_checkpoint, read_log, train
+from gracheck.train import ConfigMismatchError, TrainConfig, TrainingDiverged, build_model, load_checkpoint, read_log, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -354,8 +354,8 @@ def test_decoder_columns_match_the_engine_routes():
     for kw in (dict(FAST, model="grae-approx"), dict(FAST, model="grae-approx", **CONV)):
         cfgs = [TrainConfig(**{**kw, "seed": s, "beta": b}) for s, b in ((3, 0.5), (4, 0.2))]
         for dtype in (torch.float32, torch.float64):
-            members = [init_model(c).to(dtype).train() for c in cfgs]
-            ens = Ensemble([init_model(c) for c in cfgs]).to(dtype).train()
+            members = [build_model(c).to(dtype).train() for c in cfgs]
+            ens = Ensemble([build_model(c) for c in cfgs]).to(dtype).train()
             g = torch.Generator().manual_seed(0)
             B, d, k = 8, cfgs[0].latent_dim, 2
             z = torch.randn(2, B, d, generator=g, dtype=dtype)
