@@ -1383,11 +1383,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# Public names for what other modules use (benchmarks/bench_throughput.py builds models and objectives
-# exactly as the trainer does); the implementations keep their private names.
+
+# ---------------------------------------------------------------------------------- public names
+
+
+# What other modules use: benchmarks build models and objectives exactly as the trainer does, and the
+# ensemble trainer (gracheck.ensemble) reuses these pieces so that a model trained inside an ensemble
+# is the model trained alone (same initialisation, data order, random streams, logs and checkpoint
+# files). They are aliases of the private names above.
+derive_seed = _derive_seed
 build_model = _build
-Objective = _Objective
 make_obs = _make_obs
+Objective = _Objective
+BatchStream = _BatchStream
+load_data = _load_data
+evaluate = _evaluate
+RunLog = _Log
+runtime = _runtime
+resolve_device = _resolve_device
+atomic_write_bytes = _atomic_write_bytes
+atomic_write_text = _atomic_write_text
+save_checkpoint = _save_ckpt
+__all__ += ["BatchStream", "RunLog", "atomic_write_bytes", "atomic_write_text", "derive_seed", "evaluate",
+            "build_model", "load_data", "make_obs", "Objective", "resolve_device", "runtime", "save_checkpoint"]
 
 
 if __name__ == "__main__":
