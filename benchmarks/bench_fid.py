@@ -1,4 +1,4 @@
-"""Fréchet distance at Inception width: time and agreement of four routes to tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2}; prints JSON.
+"""Fréchet distance at Inception width: time and agreement of routes to tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2}; prints JSON.
 
 Setting: two feature sets drawn like network features (ReLU of correlated Gaussians, seed 0) at
 F = 2048 (Inception pool3), Gaussians fitted by :func:`gracheck.fid.fit_gaussian`. Cases:
@@ -10,12 +10,15 @@ F = 2048 (Inception pool3), Gaussians fitted by :func:`gracheck.fid.fit_gaussian
 Routes, all float64, each timed on the fitted (μ, C) pairs (validation included where the
 route has any):
 
-* ``gracheck``: :func:`gracheck.fid.frechet_distance_details` (Cholesky factors; SVD of L₂ᵀL₁
-  when both are PD, eigvalsh of LᵀCL when one is, the eigendecomposition route otherwise);
+* ``gracheck``: :func:`gracheck.fid.frechet_distance_details` (Cholesky factors; eigvalsh of the
+  Gram matrix (L₂ᵀL₁)ᵀ(L₂ᵀL₁) when both are PD, of LᵀCL when one is, the eigendecomposition
+  route otherwise);
 * ``eigh``: the previous gracheck route, kept as the fallback (``fid._trace_sqrt_eigh``:
   eigh of C₁ with vectors, S = C₁^{1/2}, eigvalsh of S C₂ S, eigvalsh of C₂ for validation);
 * ``eigvals``: the eigenvalues of the non-symmetric product, as torchmetrics computes FID,
   written here from its definition: Σ √λᵢ(C₁C₂) (complex square roots), real part;
+* ``cholesky_svd`` (full-rank case only): the alternative to gracheck's Gram eigenvalues,
+  Σ σⱼ(L₂ᵀL₁) by one SVD without vectors (more accurate near singularity, slower);
 * ``scipy_sqrtm``: pytorch-fid's route, ``trace(scipy.linalg.sqrtm(C1 @ C2)).real`` (full-rank
   case only; about a minute per call on one thread).
 
@@ -23,9 +26,10 @@ Reference for agreement: the nuclear norm of A₂ᵀA₁ (A_i the centred featur
 which needs no factorisation of a covariance. Timings are interleaved (the order of the
 routes rotates from one repetition to the next) and the medians of ``--repeats`` are
 reported, with the per-repetition ratios to gracheck (their median too: neighbours in time
-share the machine's load); every route runs once on a small problem first (warm-up). Each thread count runs in its own child process with
-OMP/MKL/OpenBLAS thread variables set before import (scipy's OpenBLAS reads them only then);
-the load average is recorded before and after each.
+share the machine's load); every route runs once on a small problem first (warm-up). Each
+thread count runs in its own child process with OMP/MKL/OpenBLAS thread variables set before
+import (scipy's OpenBLAS reads them only then); the load average is recorded before and after
+each, and after every repetition.
 
 ``--extras`` also times the KID estimate (100 subsets of 1000) and one MNIST domain-feature
 pass (single timings). Usage: ``python benchmarks/bench_fid.py [--dim 2048] [--threads 1 2]
@@ -87,6 +91,10 @@ def _child(args: argparse.Namespace) -> dict:
         lam = torch.linalg.eigvals(c1 @ c2)  # complex; rounding moves some off the real axis
         return frechet(mu1, c1, mu2, c2, float(lam.sqrt().real.sum())), "eigvals"
 
+    def route_svd(mu1, c1, mu2, c2):
+        l1, l2 = torch.linalg.cholesky(c1), torch.linalg.cholesky(c2)
+        return frechet(mu1, c1, mu2, c2, float(torch.linalg.svdvals(l2.mT @ l1).sum())), "cholesky_svd"
+
     def route_sqrtm(mu1, c1, mu2, c2):
         s = scipy.linalg.sqrtm(c1.numpy() @ c2.numpy())
         return frechet(mu1, c1, mu2, c2, float(np.trace(s).real)), "scipy_sqrtm"
@@ -94,7 +102,7 @@ def _child(args: argparse.Namespace) -> dict:
     # warm-up: every route once on a small problem (library initialisation, code paths paged in)
     rng = np.random.default_rng(args.seed + 1)
     warm = [fid.fit_gaussian(_features(rng, 512, 256, s)) for s in (0.0, 0.1)]
-    for fn in (route_gracheck, route_eigh, route_eigvals, route_sqrtm):
+    for fn in (route_gracheck, route_eigh, route_eigvals, route_svd, route_sqrtm):
         fn(warm[0][0], warm[0][1], warm[1][0], warm[1][1])
 
     out = {"threads": args.threads, "torch_threads": torch.get_num_threads(),
@@ -111,8 +119,10 @@ def _child(args: argparse.Namespace) -> dict:
         nuc = float(torch.linalg.svdvals(A2.mT @ A1).sum())
         reference = frechet(mu1, c1, mu2, c2, nuc)
         routes = {"gracheck": route_gracheck, "eigh": route_eigh, "eigvals": route_eigvals}
-        if case == "full-rank" and not args.no_sqrtm:
-            routes["scipy_sqrtm"] = route_sqrtm
+        if case == "full-rank":
+            routes["cholesky_svd"] = route_svd
+            if not args.no_sqrtm:
+                routes["scipy_sqrtm"] = route_sqrtm
         names = list(routes)
         seconds: dict[str, list[float]] = {k: [] for k in names}
         values: dict[str, float] = {}

@@ -141,12 +141,12 @@ class FrechetResult:
 
     ``value = max(raw_value, 0)``; ``raw_value = mean_term + tr_cov1 + tr_cov2 − 2·tr_sqrt``.
     ``route`` names the computation of ``tr_sqrt`` (see :func:`frechet_distance_details`):
-    ``"cholesky-svd"`` (both covariances numerically positive definite), ``"cholesky-eigvalsh"``
+    ``"cholesky-both"`` (both covariances numerically positive definite), ``"cholesky-one"``
     (one of them) or ``"eigh"`` (neither). ``n_clamped`` counts eigenvalues that rounding left
-    slightly negative and that were set to 0 (route ``"eigh"``: of C₁ and of C₁^{1/2} C₂ C₁^{1/2};
-    ``"cholesky-eigvalsh"``: of LᵀCL; ``"cholesky-svd"`` takes no square roots of eigenvalues and
-    clamps nothing, so 0); ``max_clamped_rel`` is the largest such |eigenvalue| relative to its
-    matrix's scale (each one is ≤ ``rtol``, else ValueError).
+    slightly negative and that were set to 0 (``"cholesky-both"``: of the Gram matrix KᵀK,
+    K = L₂ᵀL₁; ``"cholesky-one"``: of LᵀCL; ``"eigh"``: of C₁ and of C₁^{1/2} C₂ C₁^{1/2});
+    ``max_clamped_rel`` is the largest such |eigenvalue| relative to its matrix's scale (each
+    one is ≤ ``rtol``, else ValueError).
     """
 
     value: float
@@ -251,13 +251,18 @@ def _trace_sqrt_congruent(L: Tensor, top_p: float, Q: Tensor, top_q: float, rtol
     return _sum_sqrt_clamped(m, max(top_p * top_q, float(m.abs().max())), rtol, "L^T C L (C1·C2 congruent)")
 
 
-def _trace_sqrt_nuclear(L1: Tensor, L2: Tensor) -> float:
-    """tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} = ‖L₂ᵀL₁‖_* (sum of singular values) for C₁ = L₁L₁ᵀ, C₂ = L₂L₂ᵀ.
+def _trace_sqrt_gram(L1: Tensor, L2: Tensor, rtol: float) -> tuple[float, int, float]:
+    """tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} for C₁ = L₁L₁ᵀ, C₂ = L₂L₂ᵀ: (value, n_clamped, max_clamped_rel).
 
-    The eigenvalues of C₁^{1/2}C₂C₁^{1/2} are those of C₁C₂ = L₁(L₁ᵀL₂L₂ᵀ) and hence of
-    L₁ᵀL₂L₂ᵀL₁ = KᵀK with K = L₂ᵀL₁, i.e. the squared singular values of K.
+    The eigenvalues of C₁^{1/2}C₂C₁^{1/2} are those of C₁C₂ = L₁(L₁ᵀL₂L₂ᵀ) and hence of the Gram
+    matrix KᵀK = L₁ᵀL₂L₂ᵀL₁, K = L₂ᵀL₁ (the squared singular values of K); the trace is Σ √m₊
+    over them. KᵀK is PSD by construction and its computed eigenvalues are off by a few ε‖KᵀK‖,
+    so rounding-sized negative ones are clamped and counted against the scale ‖KᵀK‖.
     """
-    return float(torch.linalg.svdvals(L2.mT @ L1).sum())
+    K = L2.mT @ L1
+    M = K.mT @ K
+    m = torch.linalg.eigvalsh(0.5 * (M + M.mT))
+    return _sum_sqrt_clamped(m, float(m.abs().max()), rtol, "the Gram matrix (L2^T L1)^T (L2^T L1)")
 
 
 def frechet_distance_details(
@@ -273,10 +278,10 @@ def frechet_distance_details(
     the eigenvalues of C₁C₂ do (rounding moves those eigenvalues off the real axis, and FID
     code then drops the imaginary parts):
 
-    * ``"cholesky-svd"``, both C_i = L_iL_iᵀ numerically positive definite (the usual case for
-      fits from N > F samples): the trace term is the nuclear norm Σ σⱼ(L₂ᵀL₁) (two Cholesky
-      factorisations, one product, one SVD without vectors; no square roots of eigenvalues).
-    * ``"cholesky-eigvalsh"``, exactly one of them positive definite, P = LLᵀ, the other Q:
+    * ``"cholesky-both"``, both C_i = L_iL_iᵀ numerically positive definite (the usual case for
+      fits from N > F samples): Σ √m₊ over the eigenvalues m of the Gram matrix KᵀK, K = L₂ᵀL₁
+      (two Cholesky factorisations, two products, one eigvalsh without vectors).
+    * ``"cholesky-one"``, exactly one of them positive definite, P = LLᵀ, the other Q:
       Σ √m₊ over the eigenvalues m of the symmetric M = LᵀQL, which equal those of C₁C₂.
     * ``"eigh"``, neither (e.g. both fitted from N ≤ F samples): S = C₁^{1/2} = V diag(√λ₊) Vᵀ
       from a full eigendecomposition of C₁, then Σ √m₊ over the eigenvalues of S C₂ S.
@@ -286,10 +291,13 @@ def frechet_distance_details(
     the (degenerate) Gaussians themselves.
 
     Accuracy (tests/test_fid.py, against a 60-digit mpmath evaluation of the same float64
-    matrices): on positive definite pairs with condition numbers up to 1e14 the ``cholesky-svd``
-    route's trace term is within a few ε relative (measured ≤ 3.3e-15), where the ``eigh`` route
-    loses up to 1.3e-8 (square roots of eigenvalues of C₁ known only to ±ε‖C₁‖) and sqrtm or
-    eigvals of C₁C₂ up to 3.4e-8, at condition 1e12–1e14. With singular
+    matrices): on nearly singular positive definite pairs (graded spectra to condition 1e14,
+    low rank plus a ridge down to 1e-13) the ``cholesky-both`` trace term was within 1.7e-12
+    relative, where the ``eigh`` route lost up to 1.7e-8 (square roots of eigenvalues of C₁ known
+    only to ±ε‖C₁‖), the eigenvalues of C₁C₂ up to 9e-8 and scipy's sqrtm up to 3.4e-8. (The
+    sum of the singular values of L₂ᵀL₁, one SVD instead of the Gram eigenvalues, was within
+    4e-15, but the SVD took about as long as the eigenvalues of C₁C₂ on a loaded 2-core
+    machine: benchmarks/bench_fid.py, route ``cholesky_svd``.) With singular
     covariances every route is limited the same way: an eigenvalue near 0 is known only to
     about ε·‖M‖ (ε = 2.2e-16), so its square root to about √(ε‖M‖), and the trace term can be
     off by up to about F·1.5e-8·√‖M‖ when many eigenvalues vanish (3e-5·√‖M‖ at F = 2048), far
@@ -325,14 +333,14 @@ def frechet_distance_details(
         if rtol < 2.0 * _cholesky_psd_bound(n):  # completion alone does not prove PSD within rtol
             _sym_eig("cov1", C1s, rtol, vectors=False)
             _sym_eig("cov2", C2s, rtol, vectors=False)
-        route, n_clamped, max_rel = "cholesky-svd", 0, 0.0
-        tr_sqrt = _trace_sqrt_nuclear(L1, L2)
+        route = "cholesky-both"
+        tr_sqrt, n_clamped, max_rel = _trace_sqrt_gram(L1, L2, rtol)
     elif L1 is not None or L2 is not None:
         (p_name, P, L), (q_name, Q) = (("cov1", C1s, L1), ("cov2", C2s)) if L1 is not None else \
             (("cov2", C2s, L2), ("cov1", C1s))
         _, _, top_q = _sym_eig(q_name, Q, rtol, vectors=False)  # the one Cholesky refused: validate
         _, _, top_p = _sym_eig(p_name, P, rtol, vectors=False)  # scale ‖P‖ (validation if rtol is tiny)
-        route = "cholesky-eigvalsh"
+        route = "cholesky-one"
         tr_sqrt, n_clamped, max_rel = _trace_sqrt_congruent(L, top_p, Q, top_q, rtol)
     else:
         route = "eigh"
