@@ -146,7 +146,7 @@ class FrechetResult:
     slightly negative and that were set to 0 (``"cholesky-both"``: of the Gram matrix KᵀK,
     K = L₂ᵀL₁; ``"cholesky-one"``: of LᵀCL; ``"eigh"``: of C₁ and of C₁^{1/2} C₂ C₁^{1/2});
     ``max_clamped_rel`` is the largest such |eigenvalue| relative to its matrix's scale (each
-    one is ≤ ``rtol``, else ValueError).
+    one is ≤ ``rtol``, else ValueError): ‖KᵀK‖; tr(LLᵀ)·‖C‖; ‖C₁‖ and ‖C₁‖‖C₂‖ respectively.
     """
 
     value: float
@@ -239,16 +239,20 @@ def _trace_sqrt_eigh(C1s: Tensor, C2s: Tensor, rtol: float) -> tuple[float, int,
     return tr_sqrt, n_clamped + n_m, max(max_rel, rel_m)
 
 
-def _trace_sqrt_congruent(L: Tensor, top_p: float, Q: Tensor, top_q: float, rtol: float) -> tuple[float, int, float]:
+def _trace_sqrt_congruent(L: Tensor, Q: Tensor, top_q: float, rtol: float) -> tuple[float, int, float]:
     """tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} from a Cholesky factor L of one covariance P = LLᵀ and the other, Q.
 
     M = LᵀQL is symmetric PSD with the eigenvalues of QLLᵀ = QP, i.e. of C₁C₂ (eig(AB) = eig(BA));
-    the trace is Σ √m₊ over its eigenvalues, rounding-sized negative ones clamped to 0 and
-    counted against the scale ‖P‖‖Q‖ ≥ ‖M‖ (``top_p``, ``top_q``: the matrices' largest |eigenvalue|).
+    the trace is Σ √m₊ over its eigenvalues. Forming M rounds by about ε‖P‖‖Q‖, so rounding-sized
+    negative eigenvalues are clamped and counted against the scale tr(P)·‖Q‖ ≥ ‖P‖‖Q‖ ≥ ‖M‖
+    (tr P = ‖L‖²_F costs nothing, ‖P‖ would cost an eigvalsh; ``top_q`` = ‖Q‖ from Q's
+    validation). Q was validated PSD within rtol and P is PD, so by Ostrowski's theorem
+    λ_min(M) ≥ ‖P‖·λ_min(Q) ≥ −rtol·‖P‖‖Q‖: the ValueError there is a consistency check only.
     """
     M = L.mT @ Q @ L
     m = torch.linalg.eigvalsh(0.5 * (M + M.mT))
-    return _sum_sqrt_clamped(m, max(top_p * top_q, float(m.abs().max())), rtol, "L^T C L (C1·C2 congruent)")
+    scale = max(float(L.square().sum()) * top_q, float(m.abs().max()))
+    return _sum_sqrt_clamped(m, scale, rtol, "L^T C L (C1·C2 congruent)")
 
 
 def _trace_sqrt_gram(L1: Tensor, L2: Tensor, rtol: float) -> tuple[float, int, float]:
@@ -339,9 +343,10 @@ def frechet_distance_details(
         (p_name, P, L), (q_name, Q) = (("cov1", C1s, L1), ("cov2", C2s)) if L1 is not None else \
             (("cov2", C2s, L2), ("cov1", C1s))
         _, _, top_q = _sym_eig(q_name, Q, rtol, vectors=False)  # the one Cholesky refused: validate
-        _, _, top_p = _sym_eig(p_name, P, rtol, vectors=False)  # scale ‖P‖ (validation if rtol is tiny)
+        if rtol < 2.0 * _cholesky_psd_bound(n):
+            _sym_eig(p_name, P, rtol, vectors=False)
         route = "cholesky-one"
-        tr_sqrt, n_clamped, max_rel = _trace_sqrt_congruent(L, top_p, Q, top_q, rtol)
+        tr_sqrt, n_clamped, max_rel = _trace_sqrt_congruent(L, Q, top_q, rtol)
     else:
         route = "eigh"
         tr_sqrt, n_clamped, max_rel = _trace_sqrt_eigh(C1s, C2s, rtol)

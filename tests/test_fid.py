@@ -372,8 +372,16 @@ def test_fd_clamping_is_reported_and_bounded():
     C1 = (Q * lam) @ Q.T
     C2 = _spd(rng, f)
     det = frechet_distance_details(np.zeros(f), C1, np.zeros(f), C2)
-    assert det.n_clamped >= 1
-    assert 1e-12 <= det.max_clamped_rel <= 1e-9  # 1e-10 / 3 ≈ 3.3e-11, plus rounding
+    # Route "cholesky-one" (C2 is PD): the negative eigenvalue reaches M = L2ᵀC1L2 as θ·(−1e-10),
+    # θ ∈ [λ_min(C2), ‖C2‖] ⊂ [0.1, tr C2] (Ostrowski), and is counted against tr(C2)·‖C1‖ ≈ 20:
+    # between ~5e-13 and 3.3e-11 (measured 3.5e-12).
+    assert det.route == "cholesky-one" and det.n_clamped >= 1
+    assert 1e-13 <= det.max_clamped_rel <= 1e-9
+    # Both singular (C2 of rank 3): route "eigh" clamps C1's own eigenvalue, 1e-10 / 3 ≈ 3.3e-11.
+    B = rng.normal(size=(f, 3))
+    det2 = frechet_distance_details(np.zeros(f), C1, np.zeros(f), B @ B.T)
+    assert det2.route == "eigh" and det2.n_clamped >= 1
+    assert 1e-11 <= det2.max_clamped_rel <= 1e-9
     # the same distance as with the clamped matrix itself. Tolerance: the two zero eigenvalues of
     # C1 are known to ±ε‖C1‖ in either matrix and enter through square roots, so each contributes
     # up to √(ε‖C1‖‖C2‖) to the trace term: 4·F·√(ε‖C1‖‖C2‖) as in the rank-deficient test.
