@@ -300,8 +300,9 @@ def frechet_distance_details(
     relative, where the ``eigh`` route lost up to 1.7e-8 (square roots of eigenvalues of C₁ known
     only to ±ε‖C₁‖), the eigenvalues of C₁C₂ up to 9e-8 and scipy's sqrtm up to 3.4e-8. (The
     sum of the singular values of L₂ᵀL₁, one SVD instead of the Gram eigenvalues, was within
-    4e-15, but the SVD took about as long as the eigenvalues of C₁C₂ on a loaded 2-core
-    machine: benchmarks/bench_fid.py, route ``cholesky_svd``.) With singular
+    4e-15, but at F = 2048 the SVD took 1.5–3× as long as the Gram eigenvalues and, in some
+    runs on a loaded 2-core machine, as long as the eigenvalues of C₁C₂:
+    benchmarks/bench_fid.py, route ``cholesky_svd``.) With singular
     covariances every route is limited the same way: an eigenvalue near 0 is known only to
     about ε·‖M‖ (ε = 2.2e-16), so its square root to about √(ε‖M‖), and the trace term can be
     off by up to about F·1.5e-8·√‖M‖ when many eigenvalues vanish (3e-5·√‖M‖ at F = 2048), far
