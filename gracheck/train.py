@@ -31,7 +31,11 @@ learning rate: the defaults here (64, 1e-3) are our choice.
 Data: MNIST trains on the 60k train split (first ``train_limit`` if set) and evaluates on the
 first ``eval_size`` test images. The shipped CelebA subset holds only 10k *train* images, so
 CelebA uses ``load_celeba("all")`` (sorted by file name) and holds out its *last* ``eval_size``
-images, training on the rest; this split is deterministic and is recorded in result.json.
+images, training on the rest; this split is deterministic and is recorded in result.json
+(``data``), with the data folders used (``data["folders"]``: path -> how it was chosen) and every
+file read with the checksum its loader verified (``data["files"]``). The files are read from
+``data_root`` (``--data-root``) alone when given, else ``$GRACHECK_DATA`` alone when set: a
+folder named there that lacks a file is an error naming it, never a fallback to another copy.
 Batches: the global batch of step t is positions [tB, (t+1)B) of a stream of epoch-wise
 permutations, epoch e permuted by a generator seeded from (seed, e); so batches are a pure
 function of (seed, step), identical for any number of DDP processes (rank r takes the r-th
@@ -506,7 +510,7 @@ class TrainResult:
     resumed_from: int | None
     device: str
     world_size: int
-    data: dict  # how the training/held-out sets were formed
+    data: dict  # how the training/held-out sets were formed; "folders" and "files" (with checksums) read
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -585,9 +589,15 @@ def _load_data(cfg: TrainConfig, root) -> tuple[Tensor, Tensor, dict]:
     """(train images, held-out images, description); both ``[N, C, H, W]`` float32 in [0, 1]."""
     key = (cfg.dataset, None if root is None else str(Path(root).resolve()), cfg.train_limit, cfg.eval_size,
            os.environ.get("GRACHECK_DATA"))
+    from gracheck import data as gdata
+
     if key not in _DATA_MEMO:
         _DATA_MEMO.clear()
-        _DATA_MEMO[key] = _load_data_uncached(cfg, root)
+        with gdata.record_reads() as rec:
+            train_x, held, desc = _load_data_uncached(cfg, root)
+        _DATA_MEMO[key] = train_x, held, {**desc, **rec.to_dict()}
+    else:
+        gdata.note_reads(_DATA_MEMO[key][2])  # a memo hit reads the same files: an outer record sees them too
     train_x, held, desc = _DATA_MEMO[key]
     return train_x, held, dict(desc)
 
@@ -1123,17 +1133,21 @@ def train(
 
 def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, device) -> TrainResult:
     ck, ck_path, failed = _check_out(out, cfg, resume, world)
+    start = int(ck["step"]) if ck is not None else 0
+    finished = None
+    if ck is not None and start == cfg.steps and (out / "result.json").exists():
+        saved = json.loads((out / "result.json").read_text())
+        finished = saved if saved.get("step") == start else None
+    if finished is None:  # the data before anything is written: a data folder lacking a file leaves OUT as it was
+        train_x, held, data_desc = _load_data(cfg, data_root)
     if world > 1:
         dist.barrier()  # every process checked before rank 0 writes
     if rank == 0:
         _write_out(out, cfg, failed)
     if world > 1:
         dist.barrier()
-    start = int(ck["step"]) if ck is not None else 0
-    if ck is not None and start == cfg.steps and (out / "result.json").exists():
-        saved = json.loads((out / "result.json").read_text())
-        if saved.get("step") == start:
-            return TrainResult(**{**saved, "config": cfg, "out_dir": str(out), "resumed_from": start})
+    if finished is not None:
+        return TrainResult(**{**finished, "config": cfg, "out_dir": str(out), "resumed_from": start})
 
     amp = device.type if (cfg.amp and device.type == "cuda") else None
     obs = _make_obs(cfg)
@@ -1151,7 +1165,6 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         seconds0 = float(ck.get("seconds", 0.0))
         last_train, last_eval = dict(ck.get("train_metrics", {})), dict(ck.get("eval_metrics", {}))
 
-    train_x, held, data_desc = _load_data(cfg, data_root)
     on_device = device.type == "cuda"
     if on_device:
         train_x, held = train_x.to(device), held.to(device)
@@ -1322,7 +1335,8 @@ def _arg_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out", required=True, help="output folder (config, logs, checkpoints)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
-    ap.add_argument("--data-root", default=None, help="data folder (default: $GRACHECK_DATA, ../shared/data, cache)")
+    ap.add_argument("--data-root", default=None, help="data folder, the only place looked (default: $GRACHECK_DATA "
+                                                       "alone when set, else ../shared/data then the user cache)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

@@ -97,6 +97,14 @@ def test_short_cpu_run_improves_objective(tmp_path):
     for r in rows:  # every term is logged and the identity objective = log_px − β·kl holds
         assert r["objective"] == pytest.approx(r["log_px"] - cfg.beta * r["kl"], rel=1e-5, abs=1e-3)
     assert res.eval_metrics["objective"] == pytest.approx(ev[1]["objective"])
+    # result.json names the data folder and every file read with the md5 its loader verified (issue 17 item 4)
+    from gracheck.data import mnist
+
+    data = json.loads((tmp_path / "run" / "result.json").read_text())["data"]
+    folder = mnist.find_mnist("train")
+    assert data["folders"] == {str(folder): data["folders"][str(folder)]} and data["folders"][str(folder)]
+    assert {Path(k).name: v["md5"] for k, v in data["files"].items()} == mnist.MD5
+    assert res.data == data
 
 
 # --------------------------------------------------------------------------- CLI

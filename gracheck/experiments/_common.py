@@ -76,6 +76,9 @@ class ExperimentResult:
     created: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # raw arrays/lists behind figures
     notes: list[str] = dataclasses.field(default_factory=list)
+    # the data folders used and every file read, with its checksum ({"folders": {...}, "files": {...}},
+    # gracheck.data.record_reads); empty for a result made before it was recorded
+    data_read: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -187,9 +190,13 @@ def run_experiment(
 
 
 def _run(mod, config, *, seed: int, device: str, out: Path, progress) -> ExperimentResult:
+    from gracheck.data import record_reads
+
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    with record_reads() as reads:  # includes what cached models and feature nets were trained on
+        res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    res.data_read = reads.to_dict()
     if not res.created:
         res.created = now_utc()
     if not res.seconds:

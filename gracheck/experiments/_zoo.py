@@ -52,7 +52,11 @@ def trained(config, *, progress: bool = False):
                 out.mkdir(parents=True, exist_ok=True)
                 train(config, out, resume=True, progress=progress)
                 slim_checkpoint(out)  # cached models are only evaluated: keep the weights, not Adam's moments
+    from gracheck.data import note_reads
+
     model, cfg, step = load_checkpoint(out)
     if cfg.to_dict() != config.to_dict():
         raise RuntimeError(f"model cache {out} holds a different config; delete the folder to retrain")
-    return model, json.loads(done.read_text())
+    result = json.loads(done.read_text())
+    note_reads(result.get("data"))  # the data it was trained on counts as read by the experiment that uses it
+    return model, result

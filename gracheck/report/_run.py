@@ -350,6 +350,7 @@ def _experiment_entry(
             created=res.created,
             notes=list(res.notes),
             data=res.data,
+            data_read=res.data_read,
         )
     return entry
 
@@ -405,6 +406,7 @@ def load_paper_result(claim: Claim, results_dir: Path | None, out_dir: Path, *, 
         seconds=res.seconds,
         created=res.created,
         notes=list(res.notes),
+        data_read=res.data_read,
         verdict=verdict,
         verdict_reason=verdict_reason,
         results=[r.to_dict() for r in results],
