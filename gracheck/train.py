@@ -69,7 +69,7 @@ named in a warning, renamed ``*.corrupt`` (kept, never deleted) and the previous
 checkpoints that pass verification are never set aside. Resuming with a different config raises
 :class:`ConfigMismatchError` naming the fields (``steps`` alone may change, to extend a run).
 
-One trainer per folder: the trainer holds ``OUT/train.lock`` (a :class:`FolderLock`) while it
+One trainer per folder: the trainer holds ``OUT/train.lock`` (a :class:`gracheck.base.files.FolderLock`, re-exported here) while it
 runs; a second one is refused with :class:`FolderLocked` naming the owner's pid. The kernel
 drops the lock when its holder dies (SIGKILL included), and the next trainer takes such a
 stale lock over with a warning naming the dead process.
@@ -95,8 +95,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import datetime
-import errno
 import hashlib
 import io
 import json
@@ -105,7 +103,6 @@ import gc
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -120,7 +117,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from gracheck import nets, objectives, posteriors
-from gracheck.base.files import atomic_write_bytes
+from gracheck.base.files import FolderLock, FolderLocked, atomic_write_bytes
+from gracheck.base.stats import derive_seed
+from gracheck.base.validate import check_positive_int
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 
 __all__ = [
@@ -197,140 +196,11 @@ class TrainingInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
 
-class FolderLocked(RuntimeError):
-    """The folder is locked by another live process; ``owner`` holds what its lock file says (pid, host, started)."""
-
-    def __init__(self, message: str, owner: dict) -> None:
-        super().__init__(message)
-        self.owner = owner
-
-
 class OutDirError(OSError):
     """The output folder cannot be created or written (a parent is a file, no permission, ...)."""
 
 
-# ---------------------------------------------------------------------------------- folder lock
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class FolderLock:
-    """An exclusive lock on a folder (a run folder, a cache entry) through one lock file.
-
-    ``FolderLock(path, what="run folder")``; ``acquire()`` / ``release()`` or ``with``. The holder
-    writes its pid, host, start time and command line into ``path``. Exclusion comes from an
-    advisory ``fcntl.flock`` on the file, which the kernel drops however the holder ends (SIGKILL
-    included): a second acquirer while the holder lives gets :class:`FolderLocked` naming the
-    owner's pid; an acquirer that finds the file but no holder takes the stale lock over with a
-    ``RuntimeWarning`` naming the dead owner. ``release()`` removes the file. Where ``flock`` is
-    not available (no ``fcntl``, or a file system without locks) the pid in the file decides: a
-    live pid on this host keeps the lock. Locks are per open file, so two holders in one process
-    exclude each other too.
-    """
-
-    def __init__(self, path, *, what: str = "run folder") -> None:
-        self.path = Path(path)
-        self.what = what
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def __enter__(self) -> FolderLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def _read(self, fd: int) -> dict:
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            raw = os.read(fd, 65536)
-            info = json.loads(raw.decode()) if raw.strip() else {}
-            return info if isinstance(info, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _busy(self, owner: dict) -> FolderLocked:
-        pid, host, started = owner.get("pid", "?"), owner.get("host", "?"), owner.get("started", "?")
-        return FolderLocked(
-            f"{self.what} {self.path.parent} is in use by pid {pid} on {host} (since {started}; lock file "
-            f"{self.path}); wait for it to finish or stop it. A lock whose process has died is taken over "
-            "automatically.", owner)
-
-    def acquire(self) -> FolderLock:
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path}: this FolderLock is already held")
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                kernel = True
-                if fcntl is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        raise self._busy(self._read(fd)) from None
-                    except OSError as e:
-                        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                            raise
-                        kernel = False
-                else:
-                    kernel = False
-                try:  # the file we locked may have been unlinked by a holder releasing it meanwhile
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if not same:
-                    os.close(fd)
-                    continue
-                prev = self._read(fd)
-                if prev and not kernel and prev.get("host") == socket.gethostname() and prev.get("pid") != os.getpid() \
-                        and _pid_alive(prev.get("pid")):
-                    raise self._busy(prev)
-                if prev:
-                    warnings.warn(
-                        f"{self.path}: taking over the stale lock of pid {prev.get('pid', '?')} on {prev.get('host', '?')} "
-                        f"(since {prev.get('started', '?')}), which is no longer running", RuntimeWarning, stacklevel=2)
-                info = {"pid": os.getpid(), "host": socket.gethostname(),
-                        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        "argv": sys.argv}
-                os.ftruncate(fd, 0)
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.write(fd, (json.dumps(info) + "\n").encode())
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
-            return self
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(self.path)  # while still holding it, so no one locks a file about to vanish
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
+# ---------------------------------------------------------------------------------- run folder
 
 
 def _prepare_out(out: Path) -> None:
@@ -438,14 +308,14 @@ class TrainConfig:
         _choice("arch", self.arch, nets.ARCHS)
         _choice("activation", self.activation, nets.ACTIVATIONS)
         for name in ("latent_dim", "steps", "batch_size", "grae_k", "n_samples", "eval_size", "keep_checkpoints"):
-            _pos_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("eval_every", "checkpoint_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         for name in ("block", "train_limit", "num_threads"):
             if getattr(self, name) is not None:
-                _pos_int(name, getattr(self, name))
+                check_positive_int(name, getattr(self, name))
         for name in ("beta", "lr", "obs_variance", "width"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -456,7 +326,7 @@ class TrainConfig:
         if self.grae_k > self.latent_dim:
             raise ValueError(f"grae_k: must be <= latent_dim={self.latent_dim}, got {self.grae_k}")
         for h in self.hidden:
-            _pos_int("hidden", h)
+            check_positive_int("hidden", h)
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
         for name in ("amp", "deterministic"):
@@ -483,11 +353,6 @@ class TrainConfig:
 def _choice(name: str, v: object, allowed: Sequence[str]) -> None:
     if v not in allowed:
         raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {v!r}")
-
-
-def _pos_int(name: str, v: object) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
 
 
 def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
@@ -519,12 +384,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------- small utils
-
-
-def _derive_seed(*keys: object) -> int:
-    """A 63-bit seed from a tuple of keys (stable across processes and platforms)."""
-    h = hashlib.sha256(repr(keys).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -633,7 +492,7 @@ class _BatchStream:
 
     def _perm_of(self, e: int) -> Tensor:
         if e != self._epoch:
-            g = torch.Generator().manual_seed(_derive_seed("data", self.seed, e))
+            g = torch.Generator().manual_seed(derive_seed("data", self.seed, e))
             self._epoch, self._perm = e, torch.randperm(self.n, generator=g)
         return self._perm
 
@@ -740,7 +599,7 @@ def _make_obs(cfg: TrainConfig):
 def _build(cfg: TrainConfig) -> nets.VAEModel:
     """The model of ``cfg``, initialised from ``cfg.seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(_derive_seed("init", cfg.seed))
+        torch.random.default_generator.manual_seed(derive_seed("init", cfg.seed))
         return nets.build_model(
             cfg.dataset, cfg.model, cfg.latent_dim, posterior=cfg.posterior,
             block=cfg.block if cfg.posterior == "block-diagonal" else None, width=cfg.width, arch=cfg.arch,
@@ -979,7 +838,7 @@ def _evaluate(model: nets.VAEModel, held: Tensor, cfg: TrainConfig, obs, device:
     was_training = model.training
     model.eval()
     obj = _Objective(model, cfg, obs, amp)
-    gen = torch.Generator(device=device).manual_seed(_derive_seed("eval", cfg.seed))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("eval", cfg.seed))
     sums: dict[str, float] = {}
     n = 0
     try:
@@ -1154,7 +1013,7 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
     model = _build(cfg).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator(device=device).manual_seed(_derive_seed("noise", cfg.seed, rank))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("noise", cfg.seed, rank))
     seconds0 = 0.0
     last_train: dict = {}
     last_eval: dict = {}

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gracheck.base.validate import check_positive_int
 from gracheck.data import _paths
 
 SPLIT_FILE = "list_eval_partition.txt"
@@ -346,10 +347,9 @@ def load_celeba(
     split = SPLIT_ALIASES.get(split, split)
     if split not in (*SPLIT_CODES, "all"):
         raise ValueError(f"split: expected 'train', 'valid', 'test' or 'all', got {split!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size: expected a positive int, got {size!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
+    check_positive_int("size", size)
+    if limit is not None:
+        check_positive_int("limit", limit)
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == torch.uint8):
         raise TypeError(f"dtype: expected a floating torch dtype or torch.uint8, got {dtype!r}")
     if verify not in _VERIFY:
