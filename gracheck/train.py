@@ -228,6 +228,52 @@ def _lock_out(out: Path) -> FolderLock:
         raise OutDirError(f"out_dir: {out} is not writable: {e.strerror} ({e.filename})") from None
 
 
+PROGRESS_FRACTION = 0.1  # off a terminal: a progress line at every tenth of the run ...
+PROGRESS_SECONDS = 60.0  # ... and whenever this many seconds passed since the last line
+
+
+class _StepProgress:
+    """The training loop's progress on stderr: a tqdm bar on a terminal; elsewhere (CI logs, pipes, nohup)
+    one flushed line at every :data:`PROGRESS_FRACTION` of the run, whenever :data:`PROGRESS_SECONDS`
+    passed since the last line, and at the last step: step, loss, steps/s (since the last line) and
+    the time left at that rate."""
+
+    def __init__(self, cfg: TrainConfig, start: int, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total, self.name = cfg.steps, f"{cfg.model} {cfg.dataset}"
+        self.bar = None
+        isatty = getattr(self.stream, "isatty", None)
+        if callable(isatty) and isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start, desc=self.name, dynamic_ncols=True, file=self.stream)
+            return
+        self.every = max(1, math.ceil(cfg.steps * PROGRESS_FRACTION))
+        self.t_last, self.step_last = time.perf_counter(), start
+        self._line(f"{'resuming at' if start else 'starting'} step {start} of {cfg.steps}")
+
+    def _line(self, s: str) -> None:
+        print(f"gracheck.train {self.name}: {s}", file=self.stream, flush=True)
+
+    def update(self, done: int, metrics: dict, terms: Sequence[str]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in terms}, refresh=False)
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if not (done % self.every == 0 or done == self.total or now - self.t_last >= PROGRESS_SECONDS):
+            return
+        rate = (done - self.step_last) / max(now - self.t_last, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else math.inf
+        self._line(f"step {done}/{self.total} ({100 * done / self.total:.0f}%), loss {metrics['loss']:.6g}, "
+                   f"{rate:.3g} steps/s, {left:.0f} s left")
+        self.t_last, self.step_last = now, done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class _StopRequest:
     """SIGTERM/SIGINT handlers that only record the signal; the training loop acts on it after a step.
 
@@ -933,8 +979,10 @@ def train(
 
     ``resume=True`` continues from the newest readable checkpoint in ``out_dir`` (a run that is
     already complete returns at once; an empty folder starts fresh). ``data_root``: where the data
-    files are (default: the search path of :mod:`gracheck.data`). ``callback(step, metrics, model)``
-    is called after every step (step counts completed steps).
+    files are, the only place looked (default: the search path of :mod:`gracheck.data`).
+    ``progress``: on stderr, a bar on a terminal, else one line per tenth of the run and at least
+    every :data:`PROGRESS_SECONDS` (step, loss, steps/s); False for none. ``callback(step, metrics,
+    model)`` is called after every step (step counts completed steps).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (nccl on CUDA,
     gloo on CPU) unless it already is; only rank 0 writes files.
@@ -1065,11 +1113,7 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         logs[1].write({"step": step, **last_eval, "seconds": seconds})
         logs[1].flush()
 
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.model} {cfg.dataset}", dynamic_ncols=True, file=sys.stderr)
+    bar = _StepProgress(cfg, start) if progress and rank == 0 else None
     t_session = time.perf_counter()
     last_ckpt = ck_path
     # the underlying terms first, the derived objective last: a NaN report names where it started
@@ -1128,8 +1172,7 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
                 last_ckpt = write_ckpt(done, seconds)
             if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last_train.items() if k in terms_names}, refresh=False)
-                bar.update(1)
+                bar.update(done, last_train, terms_names)
             if callback is not None:
                 callback(done, dict(last_train), model)
             if world == 1:
@@ -1196,7 +1239,10 @@ def _arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
     ap.add_argument("--data-root", default=None, help="data folder, the only place looked (default: $GRACHECK_DATA "
                                                        "alone when set, else ../shared/data then the user cache)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                    help="no progress on stderr (by default a bar on a terminal; elsewhere, e.g. CI logs, pipes or "
+                         "nohup, one line per tenth of the run and at least every minute: step, loss, steps/s); "
+                         "the summary is still printed")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -1226,7 +1272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.pop("out"))
     resume = args.pop("resume")
     data_root = args.pop("data_root")
-    progress = not args.pop("no_progress")
+    progress = not args.pop("quiet")
     base: dict = {}
     if resume and (out / "config.json").exists():
         base = json.loads((out / "config.json").read_text())

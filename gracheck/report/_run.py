@@ -439,13 +439,22 @@ class _Progress:
 
 
 class _TerminalSink:
-    """Progress on stderr: a "running" line that the result line then overwrites."""
+    """Progress on stderr. On a terminal (``live``) a "running" line that the result line then overwrites;
+    otherwise (CI logs, pipes, nohup) only whole lines, each flushed as it is written: one per claim as it
+    finishes (id, status, seconds) and the experiments' lines (each model trained). ``live``: default
+    whether the stream is a terminal."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, live: bool | None = None):
         self.stream = stream if stream is not None else sys.stderr
+        if live is None:
+            isatty = getattr(self.stream, "isatty", None)
+            live = bool(isatty()) if callable(isatty) else False
+        self.live = live
         self.pending = False
 
     def begin(self, s: str) -> None:
+        if not self.live:  # a log keeps only finished lines
+            return
         self.stream.write(s)
         self.stream.flush()
         self.pending = True
@@ -512,7 +521,8 @@ def build_report(
     for claims with ``takes_candidate`` (the report then says a candidate was checked).
     ``strict``: an empirical claim that ran and is not verified (refuted or inconclusive) gives exit
     code 1. ``quiet``: no progress
-    lines; ``progress`` receives them instead of stderr when given. ``results_dir``: the
+    lines; otherwise they go to stderr (a live display on a terminal, one line per claim as it finishes
+    elsewhere); ``progress`` receives them instead of stderr when given. ``results_dir``: the
     folder of committed paper-scale results (True: the repository's ``results/``; None or
     False: none). Raises :class:`UsageError` on bad arguments.
     """
