@@ -117,7 +117,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from gracheck import nets, objectives, posteriors
-from gracheck.base.files import FolderLock, FolderLocked, atomic_write_bytes
+from gracheck.base.files import FolderLock, FolderLocked, atomic_write_bytes, is_terminal
 from gracheck.base.stats import derive_seed
 from gracheck.base.validate import check_positive_int
 from gracheck.likelihoods import BernoulliObs, GaussianObs
@@ -242,8 +242,7 @@ class _StepProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.name = cfg.steps, f"{cfg.model} {cfg.dataset}"
         self.bar = None
-        isatty = getattr(self.stream, "isatty", None)
-        if callable(isatty) and isatty():
+        if is_terminal(self.stream):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=cfg.steps, initial=start, desc=self.name, dynamic_ncols=True, file=self.stream)

@@ -350,3 +350,13 @@ def test_two_processes_on_one_cache_entry_compute_it_once(tmp_path):
     assert sum("loaded from cache" in o[0] for o in outs) == 1, outs
     for i in range(2):
         assert (tmp_path / f"out{i}" / "lock-figure.png").read_bytes() == b"png"
+
+
+def test_cache_key_is_one_digest_of_sorted_json():
+    """The experiment cache and the model cache share one key helper: 16 hex digits, independent of the
+    order of dict keys, different for different parts."""
+    from gracheck.base.files import cache_key
+
+    k = cache_key([{"a": 1, "b": [1, 2]}, "v1"])
+    assert len(k) == 16 and int(k, 16) >= 0
+    assert cache_key([{"b": [1, 2], "a": 1}, "v1"]) == k and cache_key([{"a": 1, "b": [1, 2]}, "v2"]) != k

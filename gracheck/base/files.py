@@ -113,6 +113,23 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kw) -> Path:
     return path
 
 
+def cache_key(parts: object) -> str:
+    """The key of a cache entry: the first 16 hex digits of the SHA-256 of ``parts`` as JSON with sorted keys
+    (values JSON cannot hold are written as ``str``). Every input that changes the entry's content belongs
+    in ``parts`` (e.g. the full config and gracheck's version)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_terminal(stream: object) -> bool:
+    """True when ``stream`` is a terminal (a live display may redraw lines); False for logs, pipes and files."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # a closed stream
+        return False
+
+
 def cache_dir() -> Path:
     """Where trained models, feature nets and experiment results are cached.
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
@@ -40,7 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from gracheck.base.evidence import Claim, Evidence, FigureSection, claim
-from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, entry_lock
+from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, cache_key, entry_lock
 from gracheck.base.version import __version__
 
 SCALES = ("smoke", "paper")
@@ -103,8 +102,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def _key(claim_id: str, cfg: dict[str, Any], seed: int, device: str) -> str:
-    blob = json.dumps([claim_id, cfg, seed, device.split(":")[0], __version__], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_key([claim_id, cfg, seed, device.split(":")[0], __version__])
 
 
 def experiment_claim(module: str, *, id: str, source: str, statement: str, title: str, shows: str) -> Claim:

@@ -10,13 +10,12 @@ The key is the whole config plus gracheck's version: any change retrains.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gracheck.base.files import cache_dir, entry_lock
+from gracheck.base.files import cache_dir, cache_key, entry_lock
 from gracheck.base.version import __version__
 
 
@@ -36,9 +35,7 @@ def train_config(**fields):
 
 def model_dir(config) -> Path:
     """The cache folder of the run trained with ``config`` (a TrainConfig)."""
-    blob = json.dumps([config.to_dict(), __version__], sort_keys=True, default=str)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{config.dataset}-{config.model}-{key}"
+    return cache_dir() / "models" / f"{config.dataset}-{config.model}-{cache_key([config.to_dict(), __version__])}"
 
 
 def trained(config, *, progress: bool = False, say: Callable[[str], None] | None = None):

@@ -51,7 +51,7 @@ from typing import Any
 
 from gracheck import claims as _claims
 from gracheck.base.evidence import CheckResult, CheckSkipped, Claim, Evidence, jsonable
-from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit
+from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit, is_terminal
 from gracheck.base.verdicts import combine
 from gracheck.base.version import __version__
 from gracheck.experiments import SCALES, ExperimentResult, now_utc
@@ -446,10 +446,7 @@ class _TerminalSink:
 
     def __init__(self, stream=None, live: bool | None = None):
         self.stream = stream if stream is not None else sys.stderr
-        if live is None:
-            isatty = getattr(self.stream, "isatty", None)
-            live = bool(isatty()) if callable(isatty) else False
-        self.live = live
+        self.live = is_terminal(self.stream) if live is None else live
         self.pending = False
 
     def begin(self, s: str) -> None:
