@@ -112,18 +112,11 @@ class CheckResult:
         return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def failure_message(self) -> str:
-        tol = []
-        if self.atol is not None:
-            tol.append(f"atol={self.atol:.3g}")
-        if self.rtol is not None:
-            tol.append(f"rtol={self.rtol:.3g}")
-        tol_s = ", ".join(tol) if tol else "no tolerance"
-        err = []
-        if self.abs_err is not None:
-            err.append(f"abs_err={self.abs_err:.3g}")
-        if self.rel_err is not None:
-            err.append(f"rel_err={self.rel_err:.3g}")
-        err_s = ", ".join(err) if err else "no error measure"
+        def pairs(*named: tuple[str, float | None]) -> str:
+            return ", ".join(f"{k}={v:.3g}" for k, v in named if v is not None)
+
+        tol_s = pairs(("atol", self.atol), ("rtol", self.rtol)) or "no tolerance"
+        err_s = pairs(("abs_err", self.abs_err), ("rel_err", self.rel_err)) or "no error measure"
         verdict = "failed" if self.outcome is None else f"is {self.outcome} ({self.reason})"
         return (
             f"claim {self.claim_id} ({self.source}) {verdict} by method {self.method!r}: "

@@ -383,7 +383,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         for kind, b, beta, tc in model_configs(config, seed=seed, device=device):
             if progress is not None:
                 progress(f"eq6: {kind} b={b}, β={beta:g}")
-            model, res = trained(tc)
+            model, res = trained(tc, say=progress)
             train_s += float(res.get("seconds", 0.0))
             ev = evaluate_model(model, x_test, device=device, eval_batch=config.eval_batch)
             models.append({"kind": kind, "block": b, "beta": beta,

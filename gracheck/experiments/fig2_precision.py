@@ -367,7 +367,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                 if progress is not None:
                     progress(f"fig2: d={d}, β={beta:g}: control ({config.control_posterior}) model")
                 cc = train_config(config, d=d, beta=beta, posterior=config.control_posterior, block=None, seed=seed, device=device)
-                cmodel, cres = trained(cc)
+                cmodel, cres = trained(cc, say=progress)
                 train_s += float(cres.get("seconds", 0.0))
                 ctrl = evaluate_model(cmodel, x_test, device=device, eval_batch=config.eval_batch)
                 models[f"control,d={d},beta={beta:g}"] = cres.get("eval_metrics", {})
@@ -375,7 +375,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                     if progress is not None:
                         progress(f"fig2: d={d}, β={beta:g}: block-diagonal b={b} model")
                     bc = train_config(config, d=d, beta=beta, posterior="block-diagonal", block=b, seed=seed, device=device)
-                    bmodel, bres = trained(bc)
+                    bmodel, bres = trained(bc, say=progress)
                     train_s += float(bres.get("seconds", 0.0))
                     blk = evaluate_model(bmodel, x_test, device=device, eval_batch=config.eval_batch)
                     models[f"block,{_setting_key(b, d, beta)}"] = bres.get("eval_metrics", {})

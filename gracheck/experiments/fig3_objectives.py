@@ -337,7 +337,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
             for j, beta in enumerate(config.betas):
                 if progress is not None:
                     progress(f"fig3: b={b}, β={beta:g}")
-                model, res = trained(model_config(config, beta=beta, block=b, seed=seed, device=device))
+                model, res = trained(model_config(config, beta=beta, block=b, seed=seed, device=device), say=progress)
                 train_s += float(res.get("seconds", 0.0))
                 g1 = torch.Generator().manual_seed(_seed_of(seed, b, j, 1))
                 gm = torch.Generator().manual_seed(_seed_of(seed, b, j, 2))

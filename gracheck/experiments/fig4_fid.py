@@ -460,7 +460,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                 for r, s in enumerate(seeds):
                     say(f"fig4: β={beta:g}, {MODEL_LABELS[m]}, run {r + 1}/{config.runs} (seed {s})")
                     tc = train_config(config, model=m, beta=beta, seed=s, device=device)
-                    model, tres = trained(tc)
+                    model, tres = trained(tc, say=progress)
                     train_s += float(tres.get("seconds", 0.0))
                     model_eval[f"{m},beta={k},seed={s}"] = tres.get("eval_metrics", {})
                     x = prior_samples(model, config.n_samples, seed=derive_seed("fig4-z", s, k), device=device,

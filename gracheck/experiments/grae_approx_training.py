@@ -380,7 +380,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                 if progress is not None:
                     progress(f"grae≈: β={beta:g}: {LABELS[mk]} (train or load, evaluate)")
                 tc = train_config(config, model=mk, beta=beta, seed=seed, device=device)
-                model, res = trained(tc)
+                model, res = trained(tc, say=progress)
                 train_s += float(res.get("seconds", 0.0))
                 train_info[f"{mk},{_key(beta)}"] = {"train_eval": res.get("eval_metrics", {}),
                                                     "seconds": res.get("seconds")}

@@ -29,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for every check (default: %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 unless every empirical claim that ran is verified (refuted or inconclusive fail)")
-    p.add_argument("--quiet", action="store_true", help="no progress display, only the final summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr, only the final summary (by default: a live display on a terminal; "
+                        "elsewhere, e.g. CI logs, pipes or nohup, one line per claim as it finishes, with its status "
+                        "and seconds, and one per model an experiment trains)")
     p.add_argument("--no-cache", action="store_true", help="rerun experiments instead of using the result cache")
     p.add_argument("--list", action="store_true", help="list the claim ids and exit")
     return p
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in registry():
             print(f"{c.id:40s} {c.kind:10s} {c.source}")
         return 0
-    quiet = args.quiet or not sys.stderr.isatty()
+    quiet = args.quiet
     try:
         res = build_report(
             args.out,

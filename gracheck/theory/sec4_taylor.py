@@ -32,6 +32,7 @@ from gracheck.theory.routes import (
     candidate_failed,
     eq8_cov_terms,
     gauss_hermite_expectation,
+    lbfgs_maximise,
     maximise_over_cov,
     negative_definite,
     rationals,
@@ -965,18 +966,9 @@ def _erratum_variance_autograd(*, seed: int, candidate=None):
     x = 1.5 * S.normal(gen, 6)
 
     def fit(obj):
-        p = torch.cat([torch.tensor([0.8], dtype=DT), torch.zeros(12, dtype=DT)]).requires_grad_(True)
-        opt = torch.optim.LBFGS([p], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = -obj(p[0], p[1:7], torch.exp(2 * p[7:]))
-            loss.backward()
-            return loss
-
-        for _ in range(4):
-            opt.step(closure)
-        return p.detach()
+        p0 = torch.cat([torch.tensor([0.8], dtype=DT), torch.zeros(12, dtype=DT)])
+        return lbfgs_maximise(lambda p: obj(p[0], p[1:7], torch.exp(2 * p[7:])), p0, max_iter=500,
+                              tolerance_grad=1e-12, tolerance_change=1e-15, rounds=4)[0]
 
     def elbo_var(v):
         return lambda a, m, s2: (-((x - a * m) ** 2 + a**2 * s2) / (2 * v) - 0.5 * math.log(2 * math.pi * v)

@@ -27,6 +27,7 @@ from gracheck.theory.routes import (
     call_candidate,
     candidate_failed,
     eq8_cov_terms,
+    lbfgs_maximise,
     maximise_over_cov,
     rationals,
     slope_result,
@@ -882,18 +883,8 @@ def _eq14mf_symbolic(*, seed: int, candidate=None):
 
 def _lbfgs_diag(fn, d: int, iters: int = 200) -> tuple[Tensor, float]:
     """argmax and max over positive diagonal Σ = diag(exp θ) of ``fn(Σ)`` by LBFGS (strong Wolfe), starting at Σ = I."""
-    theta = torch.zeros(d, dtype=DT, requires_grad=True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iters, tolerance_grad=1e-13, tolerance_change=1e-16, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -fn(torch.diag(torch.exp(theta)))
-        loss.backward()
-        return loss
-
-    for _ in range(3):
-        opt.step(closure)
+    theta, _ = lbfgs_maximise(lambda t: fn(torch.diag(torch.exp(t))), torch.zeros(d, dtype=DT), max_iter=iters,
+                              tolerance_grad=1e-13, tolerance_change=1e-16, history_size=20, rounds=3)
     with torch.no_grad():
         S_ = torch.diag(torch.exp(theta))
         return S_, float(fn(S_))
