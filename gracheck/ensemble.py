@@ -906,12 +906,14 @@ class EnsembleDiverged(TrainingDiverged):
 
 
 def _terms(net: Ensemble, cfg: TrainConfig, obs, x: Tensor, gens: Sequence[torch.Generator], beta: Tensor,
-           amp: str | None) -> dict[str, Tensor]:
+           amp: str | None, betas: Sequence[float]) -> dict[str, Tensor]:
     """Per model and example, the trainer's objective terms ``{name: [M, B]}`` (train.TERMS[cfg.model]).
 
     The same computation as ``gracheck.train``'s objective module, model by model: Eq. 2 (β-VAE, one
     reparameterised sample per example by default, exact KL), Eq. 12/13 (GRAE, full decoder Jacobian),
-    Eq. 14 (GRAE≈, ``grae_k`` sampled columns) or log p(x|g(h(x))) (ae). ``beta`` is ``[M, 1]``.
+    Eq. 14 (GRAE≈, ``grae_k`` sampled columns) or log p(x|g(h(x))) (ae). ``beta`` is ``[M, 1]``;
+    ``betas`` the configs' own floats (the GRAE log-determinant divides by √β, which a float and a
+    float32 tensor round differently, so each model gets the float its single run gets).
     """
     M, B = x.shape[0], x.shape[1]
     cast = (lambda f: f) if amp is None else _autocast(amp)
@@ -962,8 +964,8 @@ def _terms(net: Ensemble, cfg: TrainConfig, obs, x: Tensor, gens: Sequence[torch
     if cfg.model == "grae-approx":  # log1p on [M, B, k]: batched when that size keeps each model's bits
         probe = J[..., 0, :]
         reg = _per_model(hadamard_bound, M, probe, J, beta, hess) * (d / k)
-    else:  # logs of Cholesky diagonals (strided: the scalar routine either way), LAPACK per matrix
-        reg = grae_regularizer(J, beta, hess)
+    else:  # QR of [J/√β; I] per model with the config's float β, as the single run computes it
+        reg = torch.stack([grae_regularizer(J[m], betas[m], hess[m]) for m in range(M)])
     prior = 0.5 * beta * mean.pow(2).sum(-1)
     return {"objective": logp - prior - reg, "log_px": logp, "prior": prior, "regularizer": reg}
 
@@ -1037,7 +1039,8 @@ class EnsembleRun:
         """
         names = _tr.TERMS[self.cfg.model]
         x = self.batch(self.step_index)
-        terms = _terms(self.net, self.cfg, self.obs, x, self.gens, self.beta, self.amp)
+        terms = _terms(self.net, self.cfg, self.obs, x, self.gens, self.beta, self.amp,
+                       [c.beta for c in self.configs])
         means = torch.stack([terms[k].detach().float().mean(1) for k in names], 1)  # [M, T]
         bad = ~torch.isfinite(means)
         if bool(bad.any()):
