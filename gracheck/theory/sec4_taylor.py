@@ -491,8 +491,9 @@ c9 = claim(
     statement=(
         "For symmetric H_f with I − H_f/β positive definite, the unique maximiser of Eq. 8 over SPD Σ is the stationary "
         "point of ½H_f − β/2 (I − Σ⁻¹) = 0, Σ* = (I − H_f/β)⁻¹; when I − H_f/β is not positive definite Eq. 8 is "
-        "unbounded above in Σ (no maximiser). Candidate: candidate(H, beta) -> Σ*, H [..., d, d] symmetric, beta a float."
+        "unbounded above in Σ (no maximiser)."
     ),
+    candidate_signature="candidate(H, beta) -> Sigma: H [..., d, d] symmetric float64, beta a float > 0 → Σ* [..., d, d].",
 )
 
 

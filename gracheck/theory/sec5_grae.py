@@ -225,8 +225,11 @@ c14 = claim(
     takes_candidate=True,
     statement=(
         "For every J ∈ ℝ^{D×d} and β > 0, log|I + JᵀJ/β| ≤ Σᵢ log(1 + ‖J[:, i]‖²/β) (Hadamard's inequality for "
-        "I + JᵀJ/β), with equality iff JᵀJ is diagonal (orthogonal columns) and strict inequality otherwise. "
-        "Candidate: candidate(J, beta) -> Σᵢ log(1 + ‖J[:, i]‖²/β) (Gaussian case, no β/2 factor), J [..., D, d] → [...]."
+        "I + JᵀJ/β), with equality iff JᵀJ is diagonal (orthogonal columns) and strict inequality otherwise."
+    ),
+    candidate_signature=(
+        "candidate(J, beta) -> Σᵢ log(1 + ‖J[:, i]‖²/β) (Gaussian case, no β/2 factor): J [..., D, d] float64, beta a "
+        "float > 0 → [...]."
     ),
 )
 
