@@ -28,6 +28,7 @@ __all__ = [
 
 # The modules that state claims, in paper order (a table of modules, not of claims).
 MODULES: tuple[str, ...] = (
+    "gracheck.theory.sec2_objective",  # Eq. 2 (the β-VAE objective as an implementation under test)
     "gracheck.theory.sec3_uniqueness",  # Eq. 1, Thm 1/Eq. 15, Sec. 3.1, App. A (+ App. A errata)
     "gracheck.theory.sec4_taylor",  # Eq. 3-11 (+ Sec. 7 decoder-variance erratum)
     "gracheck.theory.sec5_grae",  # Eq. 12-14, Sec. 5.1-5.3 (+ Sec. 5.3 erratum)
