@@ -20,7 +20,6 @@ from torch import Tensor
 from gracheck.base.evidence import claim
 from gracheck.theory import strategies as S
 from gracheck.theory.candidates import (
-    gaussian_log_density,
     kl_to_standard_normal,
     linear_module,
     mc_agrees_per_example,
@@ -76,14 +75,43 @@ def _scale_trils(gen: torch.Generator, E: int, d: int) -> Tensor:
     return L + torch.diag_embed(S.uniform(gen, E, d, low=0.3, high=1.1))
 
 
-def _run(cid: str, method: str, cand, X: Tensor, dec, M: Tensor, L: Tensor, beta: float, exact: Tensor, label: str, seed: int):
+def _terms(X: Tensor, M: Tensor, L: Tensor, beta: float, erec, rec_at_mean: Tensor):
+    """Eq. 2's terms per example, and the differences the named slips make (in expectation). ``erec(M, C, exact)`` is
+    the route's E_{N(M, C)}[−½‖x − g(z)‖²] per example (``exact``: the reference itself); ``rec_at_mean`` is
+    −½‖x − g(μ)‖²."""
+    E, D = X.shape
+    C = L @ L.transpose(-1, -2)
+    kl = kl_to_standard_normal(M, C)
+    rec = erec(M, C, True)
+    parts = {
+        "the constant −D/2 log 2π": torch.full((E,), -D / 2 * math.log(2 * math.pi), dtype=DT),
+        "the reconstruction term E_q[−½‖x − g(z)‖²]": rec,
+        "the KL term −β KL(q ‖ N(0, I))": -beta * kl,
+    }
+    Lt = L.transpose(-1, -2)
+    Ld = torch.diag_embed(torch.diagonal(L, dim1=-2, dim2=-1))
+    Cd = Ld @ Ld
+    slips = {
+        "the KL without its prior term ½‖μ‖² (the mean's pull to 0)": beta / 2 * M.pow(2).sum(-1),
+        "the KL without its log-determinant −½ log|LLᵀ|": -beta / 2 * torch.linalg.slogdet(C)[1],
+        "the decoder evaluated at the mean, no sampling": rec_at_mean - rec,
+        "z = μ + Lᵀε (scale_tril transposed: covariance LᵀL)": erec(M, Lt @ L) - rec,
+        "only the diagonal of scale_tril (a mean-field reading of a full Cholesky factor)": (
+            erec(M, Cd) - rec - beta * (kl_to_standard_normal(M, Cd) - kl)),
+    }
+    return parts, slips
+
+
+def _run(cid: str, method: str, cand, X: Tensor, dec, M: Tensor, L: Tensor, beta: float, terms, label: str, seed: int):
     E = X.shape[0]
+    parts, slips = terms
+    exact = sum(parts.values())
     Xr, Mr, Lr, groups = replicate(X, _REPS), replicate(M, _REPS), replicate(L, _REPS), replicate_groups(E, _REPS)
     try:
         samples = mc_over_calls(cand, lambda gen: (Xr, dec, Mr, Lr, beta, gen), groups, seed)
     except CandidateError as e:
         return candidate_failed(cid, method, seed, e, f"{label}, beta={beta}")
-    return mc_agrees_per_example(cid, method, samples, exact, f"candidate, {label}, β = {beta}", seed)
+    return mc_agrees_per_example(cid, method, samples, exact, f"candidate, {label}, β = {beta}", seed, parts, slips)
 
 
 @c2.method("closed-form")
@@ -102,17 +130,19 @@ def _eq2_closed_form(*, seed: int, candidate=None):
     M, L = S.normal(gen, E, d), _scale_trils(gen, E, d)
     X = b + S.normal(gen, E, D)
     const = linear_module(torch.zeros(D, d, dtype=DT), b)
-    kl = kl_to_standard_normal(M, L @ L.transpose(-1, -2))
-    exact = gaussian_log_density(X, b.expand(E, D)) - 1.7 * kl
-    out.append(_run(c2.id, "closed-form", cand, X, const, M, L, 1.7, exact, "decoder constant in z (D = 5, d = 3)", seed))
+    rec0 = -0.5 * (X - b).pow(2).sum(-1)
+    terms = _terms(X, M, L, 1.7, lambda M_, C_, exact=False, r=rec0: r, rec0)
+    out.append(_run(c2.id, "closed-form", cand, X, const, M, L, 1.7, terms, "decoder constant in z (D = 5, d = 3)", seed))
     Q = S.orthogonal(gen, D)[:, :d]
     W = Q * torch.tensor([3.0, 1.0, 0.3], dtype=DT) @ S.orthogonal(gen, d)
     M, L = S.normal(gen, E, d), _scale_trils(gen, E, d)
     X = M @ W.T + b + S.normal(gen, E, D)
-    C = L @ L.transpose(-1, -2)
-    kl = kl_to_standard_normal(M, C)
-    exact = gaussian_log_density(X, M @ W.T + b) - 0.5 * torch.einsum("ij,eji->e", W.T @ W, C) - 0.6 * kl
-    out.append(_run(c2.id, "closed-form", cand, X, linear_module(W, b), M, L, 0.6, exact,
+
+    def erec(M_: Tensor, C_: Tensor, exact: bool = False, X=X, W=W, b=b) -> Tensor:  # E‖x − Wz − b‖² = ‖x − Wμ − b‖² + tr(WᵀWC)
+        return -0.5 * ((X - M_ @ W.T - b).pow(2).sum(-1) + torch.einsum("ij,eji->e", W.T @ W, C_))
+
+    terms = _terms(X, M, L, 0.6, erec, -0.5 * (X - M @ W.T - b).pow(2).sum(-1))
+    out.append(_run(c2.id, "closed-form", cand, X, linear_module(W, b), M, L, 0.6, terms,
                     "linear decoder, WᵀW with eigenvalues 9, 1, 0.09, full LLᵀ", seed))
     return out
 
@@ -130,14 +160,18 @@ def _eq2_montecarlo(*, seed: int, candidate=None):
     M = 0.8 * S.normal(gen, E, d)
     L = 0.4 * _scale_trils(gen, E, d)  # Σ eigenvalues ≲ 0.3: Gauss–Hermite converges to rounding
     X = net(M) + 0.5 * S.normal(gen, E, D)
-    C = L @ L.transpose(-1, -2)
-    e_logp = []
-    for x, m, c in zip(X, M, C):
-        f = lambda Z, x=x: gaussian_log_density(x.expand(Z.shape[0], D), net(Z))  # noqa: E731
-        v32, v48 = gauss_hermite_expectation(f, m, c, 32), gauss_hermite_expectation(f, m, c, 48)
-        if not math.isclose(float(v32), float(v48), rel_tol=0, abs_tol=1e-10):
-            raise AssertionError(f"Gauss–Hermite not converged: {float(v32)!r} (32 nodes) vs {float(v48)!r} (48 nodes)")
-        e_logp.append(v48)
-    exact = torch.stack(e_logp) - beta * kl_to_standard_normal(M, C)
-    return _run(c2.id, "montecarlo", cand, X, mlp_module(net), M, L, beta, exact,
+    def erec(M_: Tensor, C_: Tensor, exact: bool = False) -> Tensor:
+        """E_{N(M_, C_)}[−½‖x − g(z)‖²]; ``exact``: the check's reference, held to quadrature convergence (the other
+        covariances only predict what a slip would give, to well within the Monte Carlo allowance)."""
+        out = []
+        for x, m, c in zip(X, M_, C_):
+            f = lambda Z, x=x: -0.5 * (x - net(Z)).pow(2).sum(-1)  # noqa: E731
+            v32, v48 = gauss_hermite_expectation(f, m, c, 32), gauss_hermite_expectation(f, m, c, 48)
+            if exact and not math.isclose(float(v32), float(v48), rel_tol=0, abs_tol=1e-10):
+                raise AssertionError(f"Gauss–Hermite not converged: {float(v32)!r} (32 nodes) vs {float(v48)!r} (48 nodes)")
+            out.append(v48)
+        return torch.stack(out)
+
+    terms = _terms(X, M, L, beta, erec, -0.5 * (X - net(M)).pow(2).sum(-1))
+    return _run(c2.id, "montecarlo", cand, X, mlp_module(net), M, L, beta, terms,
                 f"{net!r}, exact E_q by Gauss–Hermite quadrature", seed)

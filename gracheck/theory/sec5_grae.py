@@ -70,6 +70,37 @@ def _default_eq12():
     return lambda x, decoder, mean, beta: grae_objective(x, decoder, mean, beta, BernoulliObs())
 
 
+def _eq12_terms(X: Tensor, G: Tensor, H: Tensor, J: Tensor, beta: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Eq. 12's terms for Bernoulli probabilities per example (X, G ``[E, D]``, H ``[E, d]``, J ``[E, D, d]``) with the
+    paper's −H_p = Λ = diag(1/(1 − x − g)²) (binary x), and the differences the named slips would make: another
+    curvature in place of Λ (logit-parameterisation Hessian, Fisher information, the Gaussian −I, the x/g² half only),
+    or the log-det without the 1/β."""
+    from gracheck.theory.candidates import bernoulli_log_pmf
+
+    d = J.shape[-1]
+    eye = torch.eye(d, dtype=DT)
+
+    def logdet(w: Tensor, b: float = beta) -> Tensor:
+        return _logdet_eig(eye + J.transpose(-1, -2) @ (w.unsqueeze(-1) * J) / b)
+
+    lam = 1 / (1 - X - G) ** 2
+    ld = logdet(lam)
+    parts = {
+        "the log-likelihood Σ x log g + (1 − x) log(1 − g)": bernoulli_log_pmf(X, G),
+        "the prior term −β/2 ‖h‖²": -beta / 2 * H.pow(2).sum(-1),
+        "the regulariser −β/2 log|I − JᵀH_pJ/β|": -beta / 2 * ld,
+    }
+    alt = {
+        "H_p of the logit parameterisation, −g(1 − g), with the Jacobian of the probabilities": G * (1 - G),
+        "the Fisher information 1/(g(1 − g)) in place of −H_p (expected, not observed, curvature)": 1 / (G * (1 - G)),
+        "the Gaussian H_p = −I in place of the Bernoulli one": torch.ones_like(G),
+        "only the x/g² part of −H_p (the (1 − x)/(1 − g)² part dropped)": X / G**2,
+    }
+    slips = {k: -beta / 2 * (logdet(w) - ld) for k, w in alt.items()}
+    slips["the log-determinant taken without the 1/β, log|I + JᵀΛJ|"] = -beta / 2 * (logdet(lam, 1.0) - ld)
+    return parts, slips
+
+
 @functools.lru_cache(maxsize=4)
 def _eq12_generic_symbolic(seed: int):
     """The candidate-independent sympy evidence (computed once per seed): (a) d = 1, D = 2, generic J and H_p =
@@ -140,18 +171,18 @@ def _eq12_symbolic(*, seed: int, candidate=None):
     ½tr(JᵀH_pJΣ*) − β/2 trΣ* + β is exactly 0 and |Σ*|·|I − JᵀH_pJ/β| is exactly 1. (c) Route 1: the candidate in
     float64 on Bernoulli decoders linear in the probabilities (nn.Linear), two examples per batch, binary x; route 2: the
     sympy-exact Eq. 12 with the paper's H_p = diag(−1/(1 − x − g)²) (30 digits)."""
-    from gracheck.theory.candidates import call_model_candidate, linear_module
+    from gracheck.theory.candidates import Cases, call_model_candidate, linear_module
 
     out = list(_eq12_generic_symbolic(seed))
     cand = candidate or _default_eq12()
-    meas, exp = [], []
+    cases = Cases()
     for W, b, H, X, beta, vals in _eq12_exact_cases(seed):
         try:
-            meas.append(call_model_candidate(cand, X, linear_module(W, b), H, beta, shape=(X.shape[0],)))
+            v = call_model_candidate(cand, X, linear_module(W, b), H, beta, shape=(X.shape[0],))
         except CandidateError as e:
             return out + [candidate_failed(c12.id, "symbolic", seed, e, f"Bernoulli, linear decoder {tuple(W.shape)}, beta={beta}")]
-        exp.append(vals)
-    out.append(tcompare(c12.id, "symbolic", torch.cat(meas), torch.cat(exp), "candidate-float64",
+        cases.add(v, vals, *_eq12_terms(X, H @ W.T + b, H, W.expand(X.shape[0], *W.shape), beta))
+    out.append(cases.compare(c12.id, "symbolic", "candidate-float64",
                         "candidate vs sympy-exact Σ x log g + (1 − x) log(1 − g) − β/2‖h‖² − β/2 log det(I + WᵀΛW/β), "
                         "Λ = diag(1/(1 − x − g)²), decoders linear in the probabilities, (D, d) ∈ {(3, 2), (4, 3), (3, 1)}", seed))
     return out
@@ -166,11 +197,12 @@ def _eq12_autograd(*, seed: int, candidate=None):
     observations, and (route 3, one case) the LBFGS maximum over cov of the library's taylor_objective (Eq. 7)."""
     from gracheck.likelihoods import BernoulliObs, GaussianObs
     from gracheck.objectives import grae_objective, taylor_objective
-    from gracheck.theory.candidates import bernoulli_log_pmf, call_model_candidate, mlp_module
+    from gracheck.theory.candidates import Cases, bernoulli_log_pmf, call_model_candidate, mlp_module
 
     cand = candidate or _default_eq12()
     gen = S.generator(seed)
-    meas, ref, lib, lib_ref, opt_v, opt_ref = [], [], [], [], [], []
+    cases = Cases()
+    lib, lib_ref, opt_v, opt_ref = [], [], [], []
     d, D, B = 3, 8, 3
     net = MLP(gen, d, D, hidden=10, act="tanh", sigmoid=True, scale=1.5)
     dec = mlp_module(net)
@@ -178,25 +210,28 @@ def _eq12_autograd(*, seed: int, candidate=None):
         H = 0.7 * S.normal(gen, B, d)
         X = (S.uniform(gen, B, D) < 0.5).to(DT)
         try:
-            meas.append(call_model_candidate(cand, X, dec, H, beta, shape=(B,)))
-            meas.append(call_model_candidate(cand, X[:1], dec, H[:1], beta, shape=(1,)))
+            v = call_model_candidate(cand, X, dec, H, beta, shape=(B,))
+            v1 = call_model_candidate(cand, X[:1], dec, H[:1], beta, shape=(1,))
         except CandidateError as e:
             return candidate_failed(c12.id, "autograd", seed, e, f"Bernoulli, {net!r}, beta={beta}")
-        r = []
+        r, Js = [], []
         for x, h in zip(X, H):
             J = torch.func.jacrev(net)(h)
             Hp = torch.func.hessian(lambda gg, x=x: bernoulli_log_pmf(x, gg))(net(h))
             r.append(bernoulli_log_pmf(x, net(h)) - beta / 2 * h @ h
                      - beta / 2 * _logdet_eig(torch.eye(d, dtype=DT) - J.T @ Hp @ J / beta))
+            Js.append(J)
         r = torch.stack(r)
-        ref += [r, r[:1]]
+        parts, slips = _eq12_terms(X, net(H), H, torch.stack(Js), beta)
+        cases.add(v, r, parts, slips)
+        cases.add(v1, r[:1], {k: t[:1] for k, t in parts.items()}, {k: t[:1] for k, t in slips.items()})
         if candidate is None and beta == 0.9:
             x, h = X[0], H[0]
             _, v = maximise_over_cov(
                 lambda M, x=x, h=h, beta=beta: taylor_objective(as_batch(x), net, as_batch(h), as_batch(M), beta, BernoulliObs())[0], d)
             opt_v.append(v)
             opt_ref.append(float(r[0]))
-    out = [tcompare(c12.id, "autograd", torch.cat(meas), torch.cat(ref), "candidate-float64",
+    out = [cases.compare(c12.id, "autograd", "candidate-float64",
                     "candidate vs Σ x log g + (1 − x) log(1 − g) − β/2‖h‖² − β/2 Σ log eig(I − JᵀH_pJ/β) (jacrev, autograd H_p "
                     "of the written-out Bernoulli log p), sigmoid-output tanh network, batches of 3 and the first example alone", seed)]
     if candidate is None:
@@ -647,11 +682,33 @@ def _default_eq14e(k: int = 1):
     return grae_approx
 
 
-def _hadamard_grae_exact(x: Tensor, g: Tensor, h: Tensor, J: Tensor, beta: float) -> Tensor:
-    """log N(x; g, I) − β/2‖h‖² − β/2 Σᵢ log(1 + ‖J[:, i]‖²/β) per example (written out; J ``[E, D, d]``)."""
-    from gracheck.theory.candidates import gaussian_log_density
-
-    return gaussian_log_density(x, g) - beta / 2 * h.pow(2).sum(-1) - beta / 2 * _col_terms(J, beta).sum(-1)
+def _eq14e_terms(X: Tensor, G: Tensor, H: Tensor, J: Tensor, beta: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The terms of GRAE≈'s expectation per example (X, G ``[E, D]``, H ``[E, d]``, J ``[E, D, d]``; their sum is
+    log N(x; g, I) − β/2‖h‖² − β/2 Σᵢ log(1 + ‖J[:, i]‖²/β)) and the differences in expectation the named slips make:
+    no d/k scaling, the exact log-det in place of the bound, a sampler that never draws the last column or always
+    the first, the scale inside the log, columns drawn ∝ ‖J_i‖² without importance weights."""
+    E, D, d = J.shape
+    f = _col_terms(J, beta)  # [E, d]
+    sq = J.pow(2).sum(-2)
+    total = f.sum(-1)
+    parts = {
+        "the constant −D/2 log 2π": torch.full((E,), -D / 2 * math.log(2 * math.pi), dtype=DT),
+        "the reconstruction term −½‖x − g(h)‖²": -0.5 * (X - G).pow(2).sum(-1),
+        "the prior term −β/2 ‖h‖²": -beta / 2 * H.pow(2).sum(-1),
+        "the regulariser −β/2 Σᵢ log(1 + ‖J[:, i]‖²/β) (in expectation)": -beta / 2 * total,
+    }
+    mean_reg = {
+        "one column's term without the d/k scaling": total / d,
+        "the exact log-determinant log|I + JᵀJ/β| (GRAE, Eq. 13) in place of the bound": _logdet_eig(
+            torch.eye(d, dtype=DT) + J.transpose(-1, -2) @ J / beta),
+        "the first column always (no sampling)": d * f[:, 0],
+        "the d/k scale inside the log, log(1 + d‖J[:, c]‖²/β)": torch.log1p(d * sq / beta).mean(-1),
+        "columns drawn ∝ ‖J[:, i]‖² without importance weights": d * (sq / sq.sum(-1, keepdim=True) * f).sum(-1),
+    }
+    if d > 1:
+        mean_reg["a sampler that never draws the last column (randint(d − 1))"] = f[:, :-1].mean(-1) * d
+    slips = {k: -beta / 2 * (v - total) for k, v in mean_reg.items()}
+    return parts, slips
 
 
 def _linear_column_cases(seed: int):
@@ -707,9 +764,10 @@ def _col_closed_form(*, seed: int, candidate=None):
             return out + [candidate_failed(c14e.id, "closed-form", seed, e, f"linear decoder, {label}, beta={beta}")]
         exact = (gaussian_log_density(X, H @ W.T + b) - beta / 2 * H.pow(2).sum(-1)
                  - beta / 2 * torch.log1p(W.pow(2).sum(0) / beta).sum())
+        parts, slips = _eq14e_terms(X, H @ W.T + b, H, W.expand(E, *W.shape), beta)
         out.append(mc_agrees_per_example(c14e.id, "closed-form", samples, exact,
                                          f"candidate, linear decoder ({label}), β = {beta}: mean vs the closed-form "
-                                         "Hadamard GRAE from W's column norms", seed))
+                                         "Hadamard GRAE from W's column norms", seed, parts, slips))
     if candidate is not None:
         return out
     gen = S.generator(seed)
@@ -765,7 +823,8 @@ def _col_montecarlo(*, seed: int, candidate=None):
     X = net(H) + S.normal(gen, E, D)
     beta = 0.3
     J = torch.stack([torch.func.jacrev(net)(h) for h in H])
-    exact = _hadamard_grae_exact(X, net(H), H, J, beta)
+    parts, slips = _eq14e_terms(X, net(H), H, J, beta)
+    exact = sum(parts.values())
     Xr, Hr, groups = replicate(X, _REPS), replicate(H, _REPS), replicate_groups(E, _REPS)
     for label, cand in ([("candidate", candidate)] if candidate is not None else
                         [("library grae_approx_objective, k = 1", _default_eq14e(1)), ("library, k = 3", _default_eq14e(3))]):
@@ -774,7 +833,8 @@ def _col_montecarlo(*, seed: int, candidate=None):
         except CandidateError as e:
             return out + [candidate_failed(c14e.id, "montecarlo", seed, e, f"{net!r}, beta={beta}")]
         out.append(mc_agrees_per_example(c14e.id, "montecarlo", samples, exact,
-                                         f"{label}, {net!r}, β = {beta}: mean vs the Hadamard GRAE with J by jacrev", seed))
+                                         f"{label}, {net!r}, β = {beta}: mean vs the Hadamard GRAE with J by jacrev", seed,
+                                         parts, slips))
     if candidate is not None:
         return out
     f = _col_terms(J[0], beta)
