@@ -32,6 +32,7 @@ class Retired:
 
 # Every claim id gracheck has published, in the registry's order (derivations, errata, empirical claims).
 PUBLISHED: tuple[str, ...] = (
+    "eq2-beta-vae-objective",  # issue 16
     "eq1-posterior-pushforward",
     "thm1-transform-identity",
     "sec3.1-rotation-closure",
@@ -42,7 +43,9 @@ PUBLISHED: tuple[str, ...] = (
     "sec3-outside-family-strict",
     "eq4-second-order-objective",
     "eq5-hessian-decomposition",
+    "eq5-decoder-jacobian",  # issue 16
     "eq6-piecewise-linear-exact",
+    "eq7-taylor-objective",  # issue 16
     "eq8-concave-in-covariance",
     "eq9-optimal-covariance",
     "eq10-optimal-value",
