@@ -48,9 +48,16 @@ _NN_ACTS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _quiet_init(make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` with the global RNG forked: a module's default initialisation draws from it, and the checks never
+    touch it (every weight used is set explicitly afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        return make()
+
+
 def linear_module(W: Tensor, b: Tensor) -> nn.Linear:
     """``nn.Linear`` in float64 computing z ↦ Wz + b (W ``[D, d]``, b ``[D]``)."""
-    lin = nn.Linear(W.shape[1], W.shape[0], dtype=DTYPE)
+    lin = _quiet_init(lambda: nn.Linear(W.shape[1], W.shape[0], dtype=DTYPE))
     with torch.no_grad():
         lin.weight.copy_(W)
         lin.bias.copy_(b)
@@ -84,8 +91,8 @@ def conv_module(gen: torch.Generator, d: int, *, channels: int = 3, batchnorm: b
     ConvTranspose2d(4→channels, k3, s2) [→ BatchNorm2d] → ELU → ConvTranspose2d(channels→1, k2, s1) → Flatten:
     z ``[B, d]`` ↦ ``[B, 36]`` (a 6×6 image)."""
     lin = linear_module(normal(gen, 16, d) / math.sqrt(d), 0.3 * normal(gen, 16))
-    c1 = nn.ConvTranspose2d(4, channels, 3, stride=2, dtype=DTYPE)
-    c2 = nn.ConvTranspose2d(channels, 1, 2, stride=1, dtype=DTYPE)
+    c1 = _quiet_init(lambda: nn.ConvTranspose2d(4, channels, 3, stride=2, dtype=DTYPE))
+    c2 = _quiet_init(lambda: nn.ConvTranspose2d(channels, 1, 2, stride=1, dtype=DTYPE))
     with torch.no_grad():
         for c in (c1, c2):
             c.weight.copy_(normal(gen, *c.weight.shape) * 0.6)
