@@ -9,7 +9,7 @@ Ids are what papers cite, so they are stable (README, "Citing a claim"):
   the registry refuses to collect or :func:`~gracheck.claims.register` a retired id;
 * a new claim's id is added to :data:`PUBLISHED` in the commit that adds the claim.
 
-``tests/test_claim_ids.py`` holds the three sets together: every registered id is published, every published id
+``tests/test_citation.py`` holds the three sets together: every registered id is published, every published id
 is registered or retired, and no retired id is registered.
 """
 
