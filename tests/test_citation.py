@@ -202,3 +202,90 @@ def test_a_retired_id_is_never_reused(monkeypatch):
     with pytest.raises(ValueError, match="never reused"):
         collect(["gracheck_test_cite_mod"])
     assert "test-cite-retired" not in {c.id for c in claims.registry()}
+
+
+# ---------------------------------------------------------------- CITATION.cff
+
+# The part of the Citation File Format 1.2.0 schema that CITATION.cff uses, written from the format's documentation:
+# the top-level keys it allows (a misspelt key fails), the required ones, and the person / entity / reference /
+# identifier objects with the keys and types used here. (The official schema also validates the file: `cffconvert
+# --validate`, when cffconvert is installed, is run below.)
+_PERSON = {"type": "object", "required": ["family-names", "given-names"], "properties": {
+    "family-names": {"type": "string", "minLength": 1}, "given-names": {"type": "string", "minLength": 1},
+    "orcid": {"type": "string", "pattern": "^https://orcid\\.org/"}, "affiliation": {"type": "string"}}}
+_ENTITY = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}
+_AUTHORS = {"type": "array", "minItems": 1, "items": {"anyOf": [_PERSON, _ENTITY]}}
+_IDENTIFIER = {"type": "object", "required": ["type", "value"], "additionalProperties": False, "properties": {
+    "type": {"enum": ["doi", "url", "swh", "other"]}, "value": {"type": "string", "minLength": 1},
+    "description": {"type": "string"}}}
+_REFERENCE_KEYS = (
+    "abbreviation abstract authors collection-doi collection-title collection-type commit conference contact copyright "
+    "data-type database database-provider date-accessed date-downloaded date-published date-released department doi "
+    "edition editors editors-series end entry filename format identifiers institution isbn issn issue issue-date "
+    "issue-title journal keywords languages license license-url loc-end loc-start location medium month nihmsid notes "
+    "number number-volumes pages patent-states pmcid publisher recipients repository repository-artifact repository-code "
+    "scope section senders start status term thesis-type title translators type url version volume volume-title year "
+    "year-original").split()
+_REFERENCE = {
+    "type": "object", "required": ["type", "title", "authors"],
+    "propertyNames": {"enum": _REFERENCE_KEYS},
+    "properties": {
+        "type": {"enum": ["article", "book", "conference", "conference-paper", "generic", "proceedings", "report",
+                          "software", "thesis", "unpublished"]},
+        "title": {"type": "string", "minLength": 1}, "authors": _AUTHORS, "year": {"type": "integer"},
+        "volume": {"type": "integer"}, "collection-title": {"type": "string"}, "collection-type": {"type": "string"},
+        "conference": _ENTITY, "publisher": _ENTITY, "url": {"type": "string", "pattern": "^https?://"},
+        "identifiers": {"type": "array", "items": _IDENTIFIER},
+    },
+}
+CFF_1_2_0_SUBSET = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["cff-version", "message", "title", "authors"],
+    "propertyNames": {"enum": [
+        "abstract", "authors", "cff-version", "commit", "contact", "date-released", "doi", "identifiers", "keywords",
+        "license", "license-url", "message", "preferred-citation", "references", "repository", "repository-artifact",
+        "repository-code", "title", "type", "url", "version"]},
+    "properties": {
+        "cff-version": {"const": "1.2.0"}, "message": {"type": "string", "minLength": 1},
+        "title": {"type": "string", "minLength": 1}, "abstract": {"type": "string"}, "authors": _AUTHORS,
+        "type": {"enum": ["software", "dataset"]}, "version": {"type": "string", "minLength": 1},
+        "license": {"type": "string", "pattern": "^[A-Za-z0-9.+-]+$"},
+        "keywords": {"type": "array", "items": {"type": "string"}},
+        "references": {"type": "array", "items": _REFERENCE},
+    },
+}
+
+
+def _cff() -> dict:
+    yaml = pytest.importorskip("yaml")  # dev dependency (pyproject.toml [dev])
+    return yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+
+
+def test_citation_cff_is_cff_1_2_0_software_citing_the_paper():
+    jsonschema = pytest.importorskip("jsonschema")
+    import tomllib
+
+    from gracheck import __version__
+
+    cff = _cff()
+    jsonschema.Draft202012Validator(CFF_1_2_0_SUBSET).validate(cff)
+    assert cff["type"] == "software" and "gracheck" in cff["title"]
+    assert cff["version"] == __version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert cff["license"] == "MIT"
+    (paper,) = [r for r in cff["references"] if "Implicit Regularization" in r["title"]]
+    assert paper["type"] == "conference-paper" and paper["year"] == 2020 and paper["volume"] == 119
+    assert [(a["family-names"], a["given-names"]) for a in paper["authors"]] == [("Kumar", "Abhishek"), ("Poole", "Ben")]
+    assert "statement hash" in cff["message"] and "claim" in cff["message"]
+    bad = dict(cff, **{"cff_version": "1.2.0"})
+    assert list(jsonschema.Draft202012Validator(CFF_1_2_0_SUBSET).iter_errors(bad)), "a misspelt key must fail"
+
+
+def test_citation_cff_with_cffconvert_when_installed():
+    import shutil
+
+    exe = shutil.which("cffconvert")
+    if exe is None:
+        pytest.skip("cffconvert is not installed (the hand-written CFF 1.2.0 subset schema above still ran)")
+    out = subprocess.run([exe, "--validate", "--infile", str(ROOT / "CITATION.cff")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
