@@ -6,6 +6,11 @@ candidate), Eq. 10 (optimal value), Eq. 11 (Gauss–Newton covariance), and the
 Sec. 7 erratum about the equivalent decoder variance (it is a statement about the
 β-VAE objective of Eq. 2, so it lives with the objective's algebra).
 
+Two claims here take a model-level candidate (issue 16) and are new because no claim stated them: Eq. 7 as an
+objective (``eq7-taylor-objective``; the other claims use it only through its maximiser, Eq. 11) and the
+per-example decoder Jacobian J of Eq. 5–14 (``eq5-decoder-jacobian``; every claim takes J as given), which the
+engine computes and training-mode BatchNorm decoders (App. D) make ambiguous.
+
 Every check compares two independent routes and says which in its docstring.
 Randomness: each check draws its cases from ``strategies.generator(seed)``; the
 symbolic checks use exact rationals drawn from the same generator.
