@@ -153,7 +153,7 @@ def fakes(monkeypatch, tmp_path):
         raise RuntimeError("boom in the check")
 
     c = reg("test-fake-candidate", source="Eq. T4", statement="square(x) = x².", kind="derivation",
-            takes_candidate=True)
+            takes_candidate=True, candidate_signature="candidate(x) -> x²")
 
     @c.method("autograd")
     def _(*, seed, candidate):
