@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
@@ -40,7 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from gracheck.base.evidence import Claim, Evidence, FigureSection, claim
-from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, entry_lock
+from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, cache_key, entry_lock
 from gracheck.base.version import __version__
 
 SCALES = ("smoke", "paper")
@@ -76,6 +75,9 @@ class ExperimentResult:
     created: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # raw arrays/lists behind figures
     notes: list[str] = dataclasses.field(default_factory=list)
+    # the data folders used and every file read, with its checksum ({"folders": {...}, "files": {...}},
+    # gracheck.data.record_reads); empty for a result made before it was recorded
+    data_read: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -100,8 +102,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def _key(claim_id: str, cfg: dict[str, Any], seed: int, device: str) -> str:
-    blob = json.dumps([claim_id, cfg, seed, device.split(":")[0], __version__], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_key([claim_id, cfg, seed, device.split(":")[0], __version__])
 
 
 def experiment_claim(module: str, *, id: str, source: str, statement: str, title: str, shows: str) -> Claim:
@@ -187,9 +188,13 @@ def run_experiment(
 
 
 def _run(mod, config, *, seed: int, device: str, out: Path, progress) -> ExperimentResult:
+    from gracheck.data import record_reads
+
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    with record_reads() as reads:  # includes what cached models and feature nets were trained on
+        res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    res.data_read = reads.to_dict()
     if not res.created:
         res.created = now_utc()
     if not res.seconds:

@@ -29,9 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for every check (default: %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 unless every empirical claim that ran is verified (refuted or inconclusive fail)")
-    p.add_argument("--quiet", action="store_true", help="no progress display, only the final summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr, only the final summary (by default: a live display on a terminal; "
+                        "elsewhere, e.g. CI logs, pipes or nohup, one line per claim as it finishes, with its status "
+                        "and seconds, and one per model an experiment trains)")
     p.add_argument("--no-cache", action="store_true", help="rerun experiments instead of using the result cache")
-    p.add_argument("--list", action="store_true", help="list the claim ids and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list every claim (id, kind, statement hash, paper source) and exit")
+    p.add_argument("--json", action="store_true",
+                   help="with --list: print the claims as JSON (id, kind, source, statement, corrected, statement_hash, "
+                        "methods, takes_candidate, candidate_signature; schema: gracheck/report/claims.schema.json)")
     return p
 
 
@@ -39,14 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report from the command line; return the exit code (see ``--help``: 0, 1, 2 or 3)."""
     from gracheck.report._run import UsageError, build_report
 
-    args = _parser().parse_args(argv)  # argparse exits with 2 on its own errors
+    parser = _parser()
+    args = parser.parse_args(argv)  # argparse exits with 2 on its own errors
+    if args.json and not args.list:
+        parser.error("--json: only with --list")
     if args.list:
-        from gracheck.claims import registry
+        from gracheck.report._list import claim_lines, claim_list
 
-        for c in registry():
-            print(f"{c.id:40s} {c.kind:10s} {c.source}")
+        if args.json:
+            import json
+
+            print(json.dumps(claim_list(), indent=1))  # ASCII escapes: safe on any terminal encoding
+        else:
+            print("\n".join(claim_lines()))
         return 0
-    quiet = args.quiet or not sys.stderr.isatty()
+    quiet = args.quiet
     try:
         res = build_report(
             args.out,
