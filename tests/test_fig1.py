@@ -1,4 +1,4 @@
-"""Unit tests of the App. C synthetic data and the Fig. 1 experiment machinery (fast, < 40 s)."""
+"""Unit tests of the App. C synthetic data and the Fig. 1 experiment machinery (about 1 min of CPU)."""
 
 from __future__ import annotations
 
