@@ -5,7 +5,7 @@ The public API is re-exported here; submodules hold the implementations.
 
 __version__ = "0.1.0"
 
-from gracheck.autodiff import decoder_jacobian, jacobian_columns
+from gracheck.autodiff import JacobianRoute, decoder_jacobian, jacobian_columns, jacobian_route
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 from gracheck.objectives import (
     beta_vae_objective,
@@ -26,6 +26,7 @@ __all__ = [
     "BernoulliObs",
     "GaussianObs",
     "GaussianPosterior",
+    "JacobianRoute",
     "beta_vae_objective",
     "block_sizes",
     "decoder_jacobian",
@@ -35,6 +36,7 @@ __all__ = [
     "grae_regularizer",
     "hadamard_bound",
     "jacobian_columns",
+    "jacobian_route",
     "num_params",
     "optimal_covariance",
     "orthogonality_penalty",
