@@ -217,6 +217,10 @@ class _Node:
     users: int = 0
     carrying: bool = False  # depends on the decoder input through tensor values
     rule: Callable | None = None
+    src: int | None = None  # the only z-dependent argument, when it is the first one
+    merge: Callable | None = None  # (node, x, T) → (y, tangent) by one call on primal and tangent rows
+    frees: tuple[int, ...] = ()  # values whose last reader is this node
+    nested: bool = True  # args/kwargs hold containers or slices with references (slow path of _load)
 
 
 def _describe(node: _Node) -> str:
@@ -244,6 +248,7 @@ class _Step:
     parts: tuple = ()  # cat: per part, an input position or the per-example shape of a constant part
     dim: int = 0  # cat
     shape: tuple = ()  # the value's per-example shape y.shape[1:]
+    expand: bool = False  # mul: the value is larger than its input (a constant operand broadcast it)
 
 
 class ChainPlan:
@@ -254,6 +259,8 @@ class ChainPlan:
         self.source = source
         self.input = next(i for i, n in enumerate(nodes) if n.op == "input")
         self.batchnorms = [n.target for n in nodes if n.op == "module" and isinstance(n.target, nn.modules.batchnorm._BatchNorm)]
+        self._row_bytes: dict[tuple, int] = {}  # widest per-example row seen, per input signature
+        self.last_mode = ""  # "lockstep" or "sliced": how the last run went (for tests and benchmarks)
 
     def describe(self) -> tuple[str, ...]:
         """One line per node that carries tangents, in evaluation order."""
@@ -262,27 +269,43 @@ class ChainPlan:
     def run(self, root: object, z: Tensor, columns: Tensor) -> tuple[Tensor, Tensor]:
         """g(z) ``[B, D]`` and the Jacobian columns ``[B, D, k]`` at ``columns [B, k]``.
 
+        When all k·B tangent rows fit in one slice (see :func:`slice_examples`; the widest row is
+        known from an earlier call with inputs of this signature), the tangents are computed in the
+        same pass as the primal ("lockstep"), and a Linear layer or convolution then runs the primal
+        rows and the tangent rows through one call (one larger GEMM forward and backward). Otherwise
+        the primal pass records the tangent steps and the tangent pass runs them on slices.
+
         Raises ChainRefused (running statistics restored) when a node turns out to be unsupported
         for this input."""
+        B, k = columns.shape
+        key = (z.dim(), tuple(z.shape[1:]), z.dtype, z.device)
+        known = self._row_bytes.get(key)
+        env = None
+        if known is not None and slice_examples(k, known) >= B:
+            env = _Env(self.input, columns.reshape(-1), z, 0, B, k)
+        self.last_mode = "sliced" if env is None else "lockstep"
         saved = save_running_stats([bn for bn in self.batchnorms if bn.training])
         try:
-            out, steps, result, row_bytes = self._primal_pass(root, z)
+            out, steps, result, row_bytes = self._primal_pass(root, z, env)
         except ChainRefused:
             restore_running_stats(saved)
             raise
-        B, k = columns.shape
+        self._row_bytes[key] = row_bytes
         g = out.reshape(B, -1)
         if result is None:  # the output does not depend on z
             return g, g.new_zeros(B, g.shape[1], k)
+        if env is not None:
+            return g, env.get(result).reshape(B, k, -1).transpose(1, 2)
         return g, _tangent_pass(steps, self.input, result, columns, z, row_bytes)
 
-    def _primal_pass(self, root: object, z: Tensor) -> tuple[Tensor, list[_Step], int | None, int]:
+    def _primal_pass(self, root: object, z: Tensor, env: _Env | None) -> tuple[Tensor, list[_Step], int | None, int]:
         """One forward through the plan: the output, the tangent steps, the index of the output's
-        z-dependent value (None: the output does not depend on z) and the widest row in bytes."""
+        z-dependent value (None: the output does not depend on z) and the widest row in bytes.
+        With ``env`` (lockstep) the tangents are computed on the way, in ``env``."""
         B = z.shape[0]
         vals: list[object] = [None] * len(self.nodes)
         steps: list[_Step] = []
-        row_bytes = z[0].numel() * z.element_size()
+        row_bytes = z.numel() // B * z.element_size()
         for i, node in enumerate(self.nodes):
             op = node.op
             if op == "input":
@@ -294,7 +317,11 @@ class ChainPlan:
             if op == "const":
                 vals[i] = node.target
                 continue
-            args, kwargs = _load(node.args, vals), _load(node.kwargs, vals)
+            if node.nested:
+                args, kwargs = _load(node.args, vals), _load(node.kwargs, vals)
+            else:
+                args = tuple(vals[a.index] if type(a) is _Ref else a for a in node.args)
+                kwargs = node.kwargs
             if op == "output":
                 out = args[0]
                 if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != B:
@@ -302,18 +329,30 @@ class ChainPlan:
                 if not node.carrying:
                     return out, [], None, row_bytes
                 result = node.args[0].index
-                return out, _fold(_needed(steps, result), self.nodes), result, row_bytes
+                return out, ([] if env is not None else _fold(_needed(steps, result), self.nodes)), result, row_bytes
             if not node.carrying:
                 vals[i] = _call(node, args, kwargs)
                 continue
-            y, step = node.rule(self, node, args, kwargs, B)
-            if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != B:
-                raise ChainRefused(f"{_describe(node)} does not keep the batch dimension first "
-                                   f"(output shape {tuple(getattr(y, 'shape', ()))} from a batch of {B})")
-            step.out, step.shape = i, tuple(y.shape[1:])
+            if env is not None and node.merge is not None and node.src != self.input:
+                y, T = node.merge(node, args[0], env.get(node.src))
+                env.put(i, T)
+            else:
+                y, step = node.rule(self, node, args, kwargs, B)
+                if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != B:
+                    raise ChainRefused(f"{_describe(node)} does not keep the batch dimension first "
+                                       f"(output shape {tuple(getattr(y, 'shape', ()))} from a batch of {B})")
+                step.out, step.shape = i, tuple(y.shape[1:])
+                if step.kind == "mul" and tuple(vals[step.ins[0]].shape[1:]) != step.shape:
+                    step.expand = True  # a constant operand broadcast the value to a larger shape
+                if env is not None:
+                    env.run(step)
+                else:
+                    steps.append(step)
             vals[i] = y
-            steps.append(step)
-            row_bytes = max(row_bytes, y[0].numel() * y.element_size())
+            row_bytes = max(row_bytes, y.numel() // B * y.element_size())
+            if env is not None:
+                for j in node.frees:
+                    env.drop(j)
         raise AssertionError("plan without an output node")
 
     def is_carrying(self, arg: object) -> bool:
@@ -416,10 +455,80 @@ def _times(T: Tensor, f: object, per_example: bool, s: int, b: int, k: int) -> T
     return y.reshape(b * k, *y.shape[2:])
 
 
+class _Env:
+    """The tangents of one slice of the batch (examples s … s+b−1, k rows each) by value index.
+
+    Each entry is (T, factor, per_example): the tangent is T times the factor (None: T itself).
+    An elementwise step only combines factors (one per batch, not per tangent row); the product
+    touches the tangent rows once, when a linear map, a sum or the output needs them."""
+
+    def __init__(self, input_index: int, cols: Tensor, z: Tensor, s: int, b: int, k: int) -> None:
+        self.input, self.cols, self.z, self.s, self.b, self.k = input_index, cols, z, s, b, k
+        self.vals: dict[int, tuple] = {}
+
+    def lazy(self, i: int) -> tuple:
+        entry = self.vals.get(i)
+        if entry is None:
+            if i != self.input:
+                raise AssertionError(f"tangent of value {i} requested before it was computed")
+            entry = self.vals[i] = (F.one_hot(self.cols, self.z.shape[1]).to(self.z.dtype), None, False)
+        return entry
+
+    def get(self, i: int) -> Tensor:
+        T, f, pe = self.lazy(i)
+        if f is not None:
+            T = _times(T, f, pe, self.s, self.b, self.k)
+            self.vals[i] = (T, None, False)
+        return T
+
+    def put(self, i: int, T: Tensor) -> None:
+        self.vals[i] = (T, None, False)
+
+    def drop(self, i: int) -> None:
+        self.vals.pop(i, None)
+
+    def run(self, st: _Step) -> None:
+        kind = st.kind
+        if kind == "mul":
+            src = st.ins[0]
+            if st.expand:
+                T = self.get(src)
+                T = T if _is_one(st.factor) else _times(T, st.factor, st.per_example, self.s, self.b, self.k)
+                self.vals[st.out] = (T.expand(T.shape[0], *st.shape) if tuple(T.shape[1:]) != st.shape else T, None, False)
+                return
+            T, f, pe = self.lazy(src)
+            if _is_one(st.factor):
+                self.vals[st.out] = (T, f, pe)
+            elif f is None:
+                self.vals[st.out] = (T, st.factor, st.per_example)
+            else:
+                self.vals[st.out] = (T, f * st.factor, pe or st.per_example)
+            return
+        if kind == "map":
+            src = st.ins[0]
+            if st.weight is not None and src == self.input and src not in self.vals:
+                T = st.weight.t()[self.cols]  # a Linear layer on one-hot tangents: its weight's columns
+            else:
+                T = st.fn(self.get(src))
+        elif kind == "sum":
+            T = None
+            for i, (f, pe) in zip(st.ins, st.terms):
+                Ti, fi, pei = self.lazy(i)
+                if not _is_one(f):
+                    fi, pei = (f, pe) if fi is None else (fi * f, pei or pe)
+                t = Ti if fi is None else _times(Ti, fi, pei, self.s, self.b, self.k)
+                T = t if T is None else T + t
+        else:  # cat
+            ref = self.get(st.ins[0])
+            T = torch.cat([self.get(st.ins[p]) if isinstance(p, int) else ref.new_zeros(ref.shape[0], *p) for p in st.parts], st.dim)
+        if tuple(T.shape[1:]) != st.shape:  # a constant operand broadcast the value
+            T = T.expand(T.shape[0], *st.shape)
+        self.vals[st.out] = (T, None, False)
+
+
 def _tangent_pass(steps: list[_Step], input_index: int, result: int, columns: Tensor, z: Tensor, row_bytes: int) -> Tensor:
     """The k tangents of each example through the steps, on slices of the batch → ``[B, D, k]``."""
     B, k = columns.shape
-    d = z.shape[1]
     last_use: dict[int, int] = {}
     for j, st in enumerate(steps):
         for i in st.ins:
@@ -428,39 +537,13 @@ def _tangent_pass(steps: list[_Step], input_index: int, result: int, columns: Te
     parts = []
     for s in range(0, B, per):
         b = min(per, B - s)
-        cols = columns[s : s + b].reshape(-1)
-        env: dict[int, Tensor] = {}
-
-        def get(i: int) -> Tensor:
-            if i == input_index and i not in env:  # one-hot tangents, materialised only when a step needs them
-                env[i] = F.one_hot(cols, d).to(z.dtype)
-            return env[i]
-
+        env = _Env(input_index, columns[s : s + b].reshape(-1), z, s, b, k)
         for j, st in enumerate(steps):
-            kind = st.kind
-            if kind == "map":
-                if st.weight is not None and st.ins[0] == input_index:
-                    T = st.weight.t()[cols]  # a Linear layer on one-hot tangents: its weight's columns
-                else:
-                    T = st.fn(get(st.ins[0]))
-            elif kind == "mul":
-                T = get(st.ins[0]) if _is_one(st.factor) else _times(get(st.ins[0]), st.factor, st.per_example, s, b, k)
-            elif kind == "sum":
-                T = None
-                for i, (f, pe) in zip(st.ins, st.terms):
-                    t = get(i) if _is_one(f) else _times(get(i), f, pe, s, b, k)
-                    T = t if T is None else T + t
-            else:  # cat
-                ref = get(st.ins[0])
-                T = torch.cat([get(st.ins[p]) if isinstance(p, int) else ref.new_zeros(b * k, *p) for p in st.parts], st.dim)
-            if tuple(T.shape[1:]) != st.shape:  # a constant operand broadcast the value
-                T = T.expand(T.shape[0], *st.shape)
-            env[st.out] = T
+            env.run(st)
             for i in st.ins:
-                if last_use.get(i) == j:
-                    env.pop(i, None)
-        T = env[result] if result != input_index else get(input_index)
-        parts.append(T.reshape(b, k, -1))
+                if last_use.get(i) == j and i != result:
+                    env.drop(i)
+        parts.append(env.get(result).reshape(b, k, -1))
     J = parts[0] if len(parts) == 1 else torch.cat(parts)
     return J.transpose(1, 2)
 
@@ -476,13 +559,11 @@ def _factor(f: object, y: Tensor, B: int) -> tuple[object, bool]:
     return f, False
 
 
-def _one_input(plan: ChainPlan, node: _Node, positions: tuple[int, ...] = (0,)) -> int:
-    """The index of the only z-dependent argument, which must sit at one of ``positions``."""
-    deps = [a.index for a in _refs(node.args) + _refs(node.kwargs) if plan.nodes[a.index].carrying]
-    first = [node.args[p] for p in positions if p < len(node.args)]
-    if len(deps) != 1 or not any(isinstance(a, _Ref) and a.index == deps[0] for a in first):
+def _one_input(plan: ChainPlan, node: _Node) -> int:
+    """The index of the only z-dependent argument, which must be the first one."""
+    if node.src is None:
         raise ChainRefused(f"{_describe(node)} depends on z through an argument other than its input")
-    return deps[0]
+    return node.src
 
 
 def _refs(a: object) -> list[_Ref]:
@@ -538,6 +619,25 @@ def _rule_linear_module(plan, node, args, kwargs, B):
     src = _one_input(plan, node)
     W = m.weight
     return m(x), _Step(0, (src,), "map", fn=lambda T: F.linear(T, W), weight=W if x.dim() == 2 else None)
+
+
+def _merge_linear(node, x: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
+    """A Linear layer on primal and tangent rows in one GEMM (the bias on the primal rows only)."""
+    m = node.target
+    if x.shape[-1] != m.in_features:
+        raise ValueError(f"z: the decoder's Linear layer expects {m.in_features} inputs, got shape {tuple(x.shape)} ({_describe(node)})")
+    out = F.linear(torch.cat([x, T]), m.weight)
+    B = x.shape[0]
+    return (out[:B] if m.bias is None else out[:B] + m.bias), out[B:]
+
+
+def _merge_conv(node, x: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
+    """A convolution on primal and tangent rows in one call (the bias on the primal rows only)."""
+    m = node.target
+    out = conv_linear_part(m, torch.cat([x, T]))
+    B = x.shape[0]
+    y = out[:B] if m.bias is None else out[:B] + m.bias.reshape([1, -1] + [1] * (out.dim() - 2))
+    return y, out[B:]
 
 
 def _rule_conv_module(plan, node, args, kwargs, B):
@@ -878,11 +978,15 @@ def _check_plan(nodes: list[_Node]) -> str:
     for node in nodes:
         for r in _refs(node.args) + _refs(node.kwargs):
             nodes[r.index].users += 1
+        node.nested = bool(_refs(node.kwargs)) or any(not isinstance(a, _Ref) and _refs(a) for a in node.args)
     for node in nodes:
         if node.op == "input":
             node.carrying = True
             continue
         deps = [r for r in _refs(node.args) + _refs(node.kwargs) if nodes[r.index].carrying]
+        if len({r.index for r in deps}) == 1 and node.args and isinstance(node.args[0], _Ref) \
+                and node.args[0].index == deps[0].index and len(deps) == 1:
+            node.src = deps[0].index
         if not deps or node.op in ("attr", "const"):
             continue
         if node.op == "function" and node.target is getattr and len(node.args) == 2 and node.args[1] in _SHAPE_ATTRS:
@@ -906,6 +1010,17 @@ def _check_plan(nodes: list[_Node]) -> str:
             src = nodes[deps[0].index]
             if src.users > 1 or src.op == "input" or (src.op == "method" and src.target in _VIEWS):
                 return f"{_describe(node)} works in place on a value that is used elsewhere"
+        if node.op == "module" and node.src is not None and len(node.args) == 1 and not node.kwargs:
+            if type(node.target) is nn.Linear:
+                node.merge = _merge_linear
+            elif type(node.target) in PLAIN_CONVS:
+                node.merge = _merge_conv
+    last: dict[int, int] = {}
+    for j, node in enumerate(nodes):
+        for r in _refs(node.args) + _refs(node.kwargs):
+            last[r.index] = j
+    for i, j in last.items():
+        nodes[j].frees += (i,)
     return ""
 
 
@@ -1058,7 +1173,14 @@ def _trace(root: nn.Module, z: Tensor) -> tuple[ChainPlan | None, str, tuple | N
 
 
 def _leaf(m: nn.Module) -> bool:
-    return m.__module__.startswith(("torch.nn", "torch.ao.nn")) and not isinstance(m, nn.Sequential)
+    t = type(m)
+    leaf = _LEAF_TYPES.get(t)
+    if leaf is None:
+        leaf = _LEAF_TYPES[t] = t.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(t, nn.Sequential)
+    return leaf
+
+
+_LEAF_TYPES: dict[type, bool] = {}
 
 
 _PLAIN = (int, float, bool, str, type(None))
@@ -1066,18 +1188,22 @@ _PLAIN = (int, float, bool, str, type(None))
 
 def _fingerprint(root: nn.Module) -> tuple | None:
     """What a cached plan depends on (None: a module has hooks, which a plan cannot honour)."""
-    parts = []
-    for m in root.modules():
+    parts: list = []
+    todo = [root]
+    while todo:
+        m = todo.pop()
         d = m.__dict__
         if d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"] or d["_backward_pre_hooks"]:
             return None
-        parts.append((id(m), m.training, type(m).forward, d.get("forward")))
+        children = d["_modules"]
+        parts.append((id(m), d["training"], type(m).forward, d.get("forward"), len(children)))
         if not _leaf(m):  # a traced forward may have read its plain attributes
             for k, v in d.items():
-                if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
+                if isinstance(v, _PLAIN) or (type(v) is tuple and all(isinstance(x, _PLAIN) for x in v)):
                     parts.append((k, v))
                 elif isinstance(v, Tensor):
                     parts.append((k, id(v)))
+        todo.extend(c for c in children.values() if c is not None)
     return tuple(parts)
 
 
