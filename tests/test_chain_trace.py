@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import operator
+import os
 import pathlib
 
 import pytest
@@ -99,35 +101,43 @@ def _loss(g, J):
     return J.pow(2).sum() + (g * torch.linspace(0.5, 1.5, g.shape[1], dtype=g.dtype)).pow(2).sum()
 
 
-def _compare(make, z, ref_method="vmap", rtol=1e-10, atol=1e-12, grad_rtol=1e-9, grad_atol=1e-11, columns=None):
+def _compare(make, z, ref_method="vmap", rtol=1e-10, atol=1e-12, grad_rtol=1e-9, grad_atol=1e-11, columns=None,
+             modes=("sliced", "lockstep")):
     """Chain route vs ``ref_method`` on identical copies: g, J (or columns), parameter gradients of a
-    loss on both, and BatchNorm running statistics afterwards."""
-    dec_a = make()
-    dec_b = copy.deepcopy(dec_a)
-    out = []
-    for dec, method in ((dec_a, "chain"), (dec_b, ref_method)):
-        if columns is None:
-            g, J = gc.decoder_jacobian(dec, z, return_output=True, method=method)
-        else:
-            g, J = gc.jacobian_columns(dec, z, columns, return_output=True, method=method)
-        params = [p for p in dec.parameters()]
-        grads = torch.autograd.grad(_loss(g, J), params, allow_unused=True)
-        out.append((g, J, grads))
-    (g1, J1, gr1), (g2, J2, gr2) = out
-    torch.testing.assert_close(g1, g2, rtol=1e-12 if z.dtype == DT else 1e-5, atol=1e-12 if z.dtype == DT else 1e-6)
-    torch.testing.assert_close(J1, J2, rtol=rtol, atol=atol)
-    # atol relative to the whole gradient's scale: some entries are zero up to roundoff (e.g. a bias
-    # before a train-mode BatchNorm, whose shift the batch mean removes)
-    scale = max([1.0] + [float(b.abs().max()) for b in gr2 if b is not None])
-    for a, b in zip(gr1, gr2):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=grad_rtol, atol=grad_atol * scale)
-    for ma, mb in zip(dec_a.modules(), dec_b.modules()):
-        if isinstance(ma, nn.modules.batchnorm._BatchNorm) and ma.running_var is not None:
-            torch.testing.assert_close(ma.running_mean, mb.running_mean, rtol=1e-12, atol=1e-13)
-            torch.testing.assert_close(ma.running_var, mb.running_var, rtol=1e-12, atol=1e-13)
-            assert int(ma.num_batches_tracked) == int(mb.num_batches_tracked)
+    loss on both, and BatchNorm running statistics afterwards. The chain route runs in each of
+    ``modes``: "sliced" (a first call: primal pass, then tangents on slices) and "lockstep" (after
+    a dry run has recorded the widest row: tangents in the primal pass, merged GEMMs/convolutions)."""
+    for mode in modes:
+        dec_a = make()
+        dec_b = copy.deepcopy(dec_a)
+        if mode == "lockstep":
+            gc.jacobian_route(dec_a, z)  # records the widest row; running statistics restored
+        out = []
+        for dec, method in ((dec_a, "chain"), (dec_b, ref_method)):
+            if columns is None:
+                g, J = gc.decoder_jacobian(dec, z, return_output=True, method=method)
+            else:
+                g, J = gc.jacobian_columns(dec, z, columns, return_output=True, method=method)
+            params = [p for p in dec.parameters()]
+            grads = torch.autograd.grad(_loss(g, J), params, allow_unused=True)
+            out.append((g, J, grads))
+        plan = chain.chain_plan(dec_a, z)[0]
+        assert plan.last_mode == mode or (mode == "lockstep" and z.shape[0] > chain.slice_examples(J.shape[2], 1 << 40)), plan.last_mode
+        (g1, J1, gr1), (g2, J2, gr2) = out
+        torch.testing.assert_close(g1, g2, rtol=1e-12 if z.dtype == DT else 1e-5, atol=1e-12 if z.dtype == DT else 1e-6)
+        torch.testing.assert_close(J1, J2, rtol=rtol, atol=atol)
+        # atol relative to the whole gradient's scale: some entries are zero up to roundoff (e.g. a bias
+        # before a train-mode BatchNorm, whose shift the batch mean removes)
+        scale = max([1.0] + [float(b.abs().max()) for b in gr2 if b is not None])
+        for a, b in zip(gr1, gr2):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=grad_rtol, atol=grad_atol * scale)
+        for ma, mb in zip(dec_a.modules(), dec_b.modules()):
+            if isinstance(ma, nn.modules.batchnorm._BatchNorm) and ma.running_var is not None:
+                torch.testing.assert_close(ma.running_mean, mb.running_mean, rtol=1e-12, atol=1e-13)
+                torch.testing.assert_close(ma.running_var, mb.running_var, rtol=1e-12, atol=1e-13)
+                assert int(ma.num_batches_tracked) == int(mb.num_batches_tracked)
     return dec_a, g1, J1
 
 
@@ -253,7 +263,10 @@ def test_every_piece_in_a_custom_forward(train_mode):
     non-batch dimensions, F.linear / F.conv2d with its own parameters, nested custom modules and
     Sequentials, and an input-validation branch: traced into the chain route; J equals the vmap
     route and (eval) per-example reverse mode, gradients equal the vmap route's."""
+    _check_pieces(train_mode)
 
+
+def _check_pieces(train_mode):
     def make():
         torch.manual_seed(11)
         return _Pieces().double().train(train_mode)
@@ -431,6 +444,10 @@ def test_unsupported_nodes_are_named_and_auto_falls_back(kind, name):
     """method="chain" raises a ValueError naming the node; "auto" falls back to a generic route and
     jacobian_route says why; a refusal found while evaluating restores the running statistics, so a
     call counts one update, the fallback's."""
+    _check_refusal(kind, name)
+
+
+def _check_refusal(kind, name):
     dec = _Unsupported(kind).double().train()
     z = torch.randn(4, 3, generator=_gen(20), dtype=DT)
     route = _route(dec, z)
@@ -493,6 +510,10 @@ def test_plan_cache_is_reused_and_invalidated():
     """One trace per module and input signature; a new plan after a submodule is replaced, the mode
     changes (a forward branching on self.training), a plain attribute changes or a hook is added.
     Each time the chain route must still equal the vmap route."""
+    _check_cache()
+
+
+def _check_cache():
     dec = _Moody().double()
     z = torch.randn(3, 3, generator=_gen(30), dtype=DT)
 
@@ -519,10 +540,321 @@ def test_plan_cache_is_reused_and_invalidated():
     check()
 
 
-def test_slicing_the_batch_changes_nothing(monkeypatch):
+def test_slicing_the_batch_changes_nothing():
     """Uneven slices, one example per slice and one slice give the same g, J and gradients."""
+    _check_slices()
+
+
+def _check_slices(pers=(1, 2, 100)):
     z = torch.randn(5, 3, generator=_gen(31), dtype=DT)
     cols = torch.randint(0, 3, (5, 2), generator=_gen(32))
-    for per in (1, 2, 100):
-        monkeypatch.setattr(chain, "slice_examples", lambda k, row_bytes, per=per: per)
-        _compare(lambda: _user_mnist(True), z, ref_method="forward-ad", columns=cols)
+    original = chain.slice_examples
+    try:
+        for per in pers:
+            chain.slice_examples = lambda k, row_bytes, per=per: per
+            _compare(lambda: _user_mnist(True), z, ref_method="forward-ad", columns=cols)
+    finally:
+        chain.slice_examples = original
+
+
+# ------------------------------------------------------------- mutants of the tracer and the route
+# Each mutant is a plausible slip in the tracer or the chain route; TRACER_MUTANTS names the check (one
+# of the tests above) that must fail under it.
+
+
+def _mut_elu_alpha(mp):
+    for table, key in ((chain._ACT_MODULES, nn.ELU), (chain._ACT_FUNCTIONS, F.elu)):
+        entry = table[key]
+        mp.setitem(table, key, (lambda x, alpha=1.0: chain._d_elu(x, 1.0),) + entry[1:])
+
+
+def _mut_silu(mp):
+    def wrong(x):
+        s = torch.sigmoid(x)
+        return x * s, s + x * (1 - s)
+    mp.setitem(chain._ACT_FUNCTIONS, F.silu, (wrong,) + chain._ACT_FUNCTIONS[F.silu][1:])
+
+
+def _mut_gelu_tanh(mp):
+    def wrong(x, approximate="none"):
+        y, d = chain._d_gelu(x, "none")
+        return F.gelu(x, approximate=approximate), d  # the exact-GELU derivative for the tanh form
+    mp.setitem(chain._ACT_FUNCTIONS, F.gelu, (wrong,) + chain._ACT_FUNCTIONS[F.gelu][1:])
+
+
+def _mut_softplus_threshold(mp):
+    def wrong(x, beta=1.0, threshold=20.0):
+        return F.softplus(x, beta, threshold), torch.sigmoid(x * beta)
+    mp.setitem(chain._ACT_FUNCTIONS, F.softplus, (wrong,) + chain._ACT_FUNCTIONS[F.softplus][1:])
+
+
+def _mut_bn_scale_dropped(mp):
+    orig = chain._rule_batchnorm
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        st.factor = torch.ones_like(st.factor)
+        return y, st
+    mp.setattr(chain, "_rule_batchnorm", wrong)
+
+
+def _mut_bn_running_var_in_train(mp):
+    orig = chain._rule_batchnorm
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        m = node.target
+        if m.training:
+            st.factor = (torch.rsqrt(m.running_var + m.eps) * m.weight).reshape(st.factor.shape)
+        return y, st
+    mp.setattr(chain, "_rule_batchnorm", wrong)
+
+
+def _mut_bn_stats_twice(mp):
+    orig = chain._rule_batchnorm
+    def wrong(plan, node, args, kwargs, B):
+        if node.target.training:
+            chain.batch_stats(node.target, args[0], 1)
+        return orig(plan, node, args, kwargs, B)
+    mp.setattr(chain, "_rule_batchnorm", wrong)
+
+
+def _mut_fold_keeps_last(mp):
+    orig = chain._fold
+    def wrong(steps, nodes):
+        out = orig(steps, nodes)
+        by_out = {st.out: st for st in steps}
+        for st in out:
+            if st.kind == "mul" and st.out in by_out and by_out[st.out] is not st:
+                st.factor = by_out[st.out].factor
+        return out
+    mp.setattr(chain, "_fold", wrong)
+
+
+def _mut_lazy_drops_pending(mp):
+    orig = chain._Env.run
+    def wrong(self, st):
+        if st.kind == "mul" and not st.expand and not chain._is_one(st.factor):
+            T, f, pe = self.lazy(st.ins[0])
+            self.vals[st.out] = (T, st.factor, st.per_example)  # replaces a pending factor instead of combining
+            return
+        orig(self, st)
+    mp.setattr(chain._Env, "run", wrong)
+
+
+def _mut_pad_value(mp):
+    orig = chain._rule_pad
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        p = chain._bind(node, args, kwargs, ("pad", "mode", "value"), {"mode": "constant", "value": None})
+        st.fn = lambda T: F.pad(T, tuple(p["pad"]), p["mode"], p["value"])
+        return y, st
+    mp.setitem(chain._FUNCTION_RULES, F.pad, wrong)
+
+
+def _mut_index_shifted(mp):
+    orig = chain._tangent_index
+    def wrong(idx, ndim, B):
+        t = orig(idx, ndim, B)
+        return None if t is None else tuple(  # a crop of the same size, one pixel further on
+            slice(1, e.stop + 1) if isinstance(e, slice) and e.start is None and e.stop is not None else e for e in t)
+    mp.setattr(chain, "_tangent_index", wrong)
+
+
+def _mut_sub_sign(mp):
+    orig = chain._rule_arith
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        if chain._ARITH[node.target] == "sub" and st.kind == "mul" and plan.is_carrying(node.args[1]):
+            st.factor = -st.factor
+        return y, st
+    for key in [k for k, v in chain._ARITH.items() if v == "sub" and not isinstance(k, str)]:
+        mp.setitem(chain._FUNCTION_RULES, key, wrong)
+
+
+def _mut_add_alpha(mp):
+    orig = chain._rule_arith
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        if st.kind == "sum":
+            st.terms = tuple((1, False) for _ in st.terms)
+        return y, st
+    mp.setitem(chain._FUNCTION_RULES, torch.add, wrong)
+
+
+def _mut_pow(mp):
+    orig = chain._rule_arith
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        if chain._ARITH[node.target] == "pow":
+            st.factor = args[0].pow(args[1] - 1)
+        return y, st
+    mp.setitem(chain._FUNCTION_RULES, operator.pow, wrong)
+
+
+def _mut_permute(mp):
+    orig = chain._rule_permute
+    def wrong(plan, node, args, kwargs, B):
+        y, st = orig(plan, node, args, kwargs, B)
+        fn = st.fn
+        st.fn = lambda T: fn(T).flip(-1)
+        return y, st
+    mp.setitem(chain._METHOD_RULES, "permute", wrong)
+
+
+def _mut_gather_columns(mp):
+    orig = chain._Env.run
+    def wrong(self, st):
+        if st.kind == "map" and st.weight is not None and st.ins[0] == self.input and st.ins[0] not in self.vals:
+            self.vals[st.out] = (st.weight.t()[self.cols.flip(0)], None, False)
+            return
+        orig(self, st)
+    mp.setattr(chain._Env, "run", wrong)
+
+
+def _mut_merged_conv_bias(mp):
+    def wrong(node, x, T):
+        m = node.target
+        out = m(torch.cat([x, T]))
+        return out[: x.shape[0]], out[x.shape[0]:]
+    orig = chain._check_plan
+    def patched(nodes):
+        why = orig(nodes)
+        for n in nodes:
+            if n.merge is chain._merge_conv:
+                n.merge = wrong
+        return why
+    mp.setattr(chain, "_check_plan", patched)
+
+
+def _mut_factor_not_sliced(mp):
+    def wrong(T, f, per_example, s, b, k):
+        if not per_example:
+            return T * f
+        y = T.reshape(b, k, *T.shape[1:]) * f[:b].unsqueeze(1)
+        return y.reshape(b * k, *y.shape[2:])
+    mp.setattr(chain, "_times", wrong)
+
+
+def _mut_fingerprint_mode(mp):
+    orig = chain._fingerprint
+    def wrong(root):  # the fingerprint without any module's train/eval flag
+        fp = orig(root)
+        if fp is None:
+            return None
+        return tuple((p[0],) + p[2:] if len(p) == 5 else p for p in fp if not (len(p) == 2 and p[0] == "training"))
+    mp.setattr(chain, "_fingerprint", wrong)
+
+
+def _mut_fingerprint_attributes(mp):
+    orig = chain._fingerprint
+    def wrong(root):
+        fp = orig(root)
+        return None if fp is None else tuple(p for p in fp if not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)))
+    mp.setattr(chain, "_fingerprint", wrong)
+
+
+def _mut_no_restore(mp):
+    mp.setattr(chain, "restore_running_stats", lambda saved: None)
+
+
+def _mut_reshape_batch_unchecked(mp):
+    def wrong(plan, node, x, y):
+        rest = tuple(y.shape[1:])
+        return chain._Step(0, (chain._one_input(plan, node),), "map", fn=lambda T: T.reshape(T.shape[0], *rest))
+    mp.setattr(chain, "_reshape_step", wrong)
+
+
+_CHECKS = {
+    "pieces-eval": lambda: _check_pieces(False),  # test_every_piece_in_a_custom_forward[False]
+    "pieces-train": lambda: _check_pieces(True),  # test_every_piece_in_a_custom_forward[True]
+    "slices": lambda: _check_slices((1, 100)),  # test_slicing_the_batch_changes_nothing
+    "plan-cache": lambda: _check_cache(),  # test_plan_cache_is_reused_and_invalidated
+    "refusal": lambda: _check_refusal("mix-batch", "reshape the batch dimension"),  # test_unsupported_nodes_...
+}
+# mutant → (the slip, the check that catches it)
+TRACER_MUTANTS = {
+    "elu-derivative-ignores-alpha": (_mut_elu_alpha, "pieces-eval"),
+    "silu-derivative-uses-x": (_mut_silu, "pieces-eval"),
+    "gelu-tanh-form-gets-exact-derivative": (_mut_gelu_tanh, "pieces-eval"),
+    "softplus-threshold-ignored": (_mut_softplus_threshold, "pieces-train"),
+    "batchnorm-scale-dropped": (_mut_bn_scale_dropped, "pieces-eval"),
+    "train-batchnorm-tangent-uses-running-variance": (_mut_bn_running_var_in_train, "pieces-train"),
+    "train-batchnorm-statistics-updated-twice": (_mut_bn_stats_twice, "pieces-train"),
+    "fold-keeps-only-the-last-factor": (_mut_fold_keeps_last, "pieces-eval"),
+    "lockstep-drops-a-pending-factor": (_mut_lazy_drops_pending, "pieces-eval"),
+    "pad-tangent-padded-with-the-value": (_mut_pad_value, "pieces-eval"),
+    "crop-index-shifted-for-tangents": (_mut_index_shifted, "pieces-eval"),
+    "sub-sign-of-second-operand-flipped": (_mut_sub_sign, "pieces-eval"),
+    "add-alpha-ignored": (_mut_add_alpha, "pieces-eval"),
+    "power-rule-without-exponent": (_mut_pow, "pieces-eval"),
+    "permute-tangent-flipped": (_mut_permute, "pieces-eval"),
+    "first-linear-gathers-other-examples-columns": (_mut_gather_columns, "pieces-eval"),
+    "merged-conv-adds-bias-to-tangents": (_mut_merged_conv_bias, "pieces-eval"),
+    "per-example-factor-not-sliced": (_mut_factor_not_sliced, "slices"),
+    "plan-cache-ignores-train-eval-mode": (_mut_fingerprint_mode, "plan-cache"),
+    "plan-cache-ignores-plain-attributes": (_mut_fingerprint_attributes, "plan-cache"),
+    "refusal-leaves-running-statistics-updated": (_mut_no_restore, "refusal"),
+    "reshape-mixing-examples-accepted": (_mut_reshape_batch_unchecked, "refusal"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACER_MUTANTS))
+def test_tracer_mutant_is_caught(name, monkeypatch):
+    """Every mutant makes its check fail (a failed comparison or an error); the same checks pass
+    unmutated (the tests above)."""
+    mutate, check = TRACER_MUTANTS[name]
+    mutate(monkeypatch)
+    with pytest.raises((AssertionError, RuntimeError, ValueError)):
+        _CHECKS[check]()
+
+
+# ------------------------------------------------------------- torch.compile, the validation fast path
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.skipif(
+        os.environ.get("GRACHECK_TEST_INDUCTOR") != "1",
+        reason="compiles C++ kernels for ~90 s on 2 cores; set GRACHECK_TEST_INDUCTOR=1 to run")]),
+])
+def test_compiled_step_equals_eager_step(backend):
+    """gracheck's objectives under torch.compile: the plan lookup runs eagerly (one graph break), the
+    chain route's evaluation, the objective and the backward are traced (dynamo + AOT autograd; with
+    "inductor", compiled to fused kernels). Values, gradients and running statistics equal the eager
+    step's (float64: the order of roundings differs, 1e-12 / 1e-10 relative), with train-mode
+    BatchNorm, in the sliced and the lockstep mode (first and later calls)."""
+    torch.manual_seed(40)
+    make = lambda: nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ELU(), nn.Linear(8, 6), nn.Sigmoid()).double().train()  # noqa: E731
+    dec_e, dec_c = make(), make()
+    dec_c.load_state_dict(dec_e.state_dict())
+    x = torch.rand(4, 6, generator=_gen(41), dtype=DT)
+    z = torch.randn(4, 3, generator=_gen(42), dtype=DT)
+    obs = gc.GaussianObs()
+
+    def loss(dec, h):
+        return -gc.grae_objective(x, dec, h, 0.3, obs).mean()
+
+    compiled = torch.compile(loss, backend=backend)
+    for _ in range(2):  # sliced, then lockstep
+        h_e, h_c = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        le, lc = loss(dec_e, h_e), compiled(dec_c, h_c)
+        ge = torch.autograd.grad(le, [*dec_e.parameters(), h_e])
+        gcmp = torch.autograd.grad(lc, [*dec_c.parameters(), h_c])
+        torch.testing.assert_close(lc, le, rtol=1e-12, atol=0)
+        for a, b in zip(gcmp, ge):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dec_c[1].running_var, dec_e[1].running_var, rtol=1e-12, atol=0)
+        assert int(dec_c[1].num_batches_tracked) == int(dec_e[1].num_batches_tracked)
+    assert chain.chain_plan(dec_e, z)[0].last_mode == "lockstep"
+
+
+def test_finite_check_fast_path():
+    """check_tensor clears a finite tensor with one reduction; a NaN or Inf anywhere is still reported
+    with its count, and a finite tensor whose sum overflows still passes."""
+    from gracheck._validate import check_tensor
+
+    big = torch.full((8,), 3e38, dtype=torch.float32)  # finite, but its sum overflows to inf
+    assert check_tensor("t", big) is big
+    for bad, n in ((torch.tensor([1.0, float("nan"), 2.0]), 1), (torch.tensor([float("inf"), -float("inf")]), 2)):
+        with pytest.raises(ValueError, match=f"t: contains {n} NaN/Inf"):
+            check_tensor("t", bad)
+    check_tensor("t", torch.zeros(0))
