@@ -21,7 +21,9 @@ is made of pieces it supports, else "forward-ad" for k ≤ 2 columns and "vmap" 
   ordinary forward gives g(z) and each node's tangent action; the k tangents then go through
   the weights (no bias) and the derivatives on slices of the batch. The fastest route for full J
   (benchmarks/bench_core.py). With ``method="chain"`` a decoder it cannot take raises a
-  ValueError naming the node.
+  ValueError naming the node. Under ``torch.compile`` the route is traced into the compiled graph
+  (one graph when the decoder's plan is already cached, e.g. after one eager call; building a
+  plan runs eagerly), and the generic routes below run eagerly.
 * "forward-ad": :mod:`torch.autograd.forward_ad` dual tensors; the decoder
   runs once on rows (example, column) carrying one-hot tangents, and the same pass
   returns the primal g(z), so a GRAE≈ step needs no separate reconstruction forward.
@@ -273,10 +275,24 @@ def _guess_d(decoder: object) -> int:
 
 @torch.compiler.disable
 def _chain_plan_eager(decoder: Decoder, z: Tensor):
-    # Under torch.compile the plan cache (weak references, fingerprints, fx tracing) runs eagerly, one
-    # graph break; the plan's evaluation, the objective and its backward are traced into the compiled
-    # graphs (elementwise work fused; measured on the 12-512-512-784 MLP, benchmarks/bench_jax.py).
     return chain_plan(decoder, z)
+
+
+def _plan(decoder: Decoder, z: Tensor):
+    # Under torch.compile a cached plan is looked up inside the traced code (dynamo then guards on the
+    # decoder's modules, modes and attributes, as the fingerprint reads them, so a change recompiles);
+    # building a plan (fx tracing) runs eagerly, a graph break on the first compile only. The plan's
+    # evaluation, the objective and the backward are compiled (benchmarks/bench_jax.py).
+    if not torch.compiler.is_compiling():
+        return chain_plan(decoder, z)
+    plan, why, key = chain_plan(decoder, z, build=False)
+    return _chain_plan_eager(decoder, z) if why is None else (plan, why, key)
+
+
+# The generic routes run eagerly under torch.compile (torch.func transforms inside a compiled region
+# are not reliable in torch 2.13, e.g. vmap over jvp through layer_norm fails while tracing).
+_forward_ad_eager = torch.compiler.disable(lambda decoder, z, tangents: _columns_forward_ad(decoder, z, tangents))
+_vmap_eager = torch.compiler.disable(lambda decoder, z, tangents: _columns_vmap(decoder, z, tangents))
 
 
 def _run_columns(decoder: Decoder, z: Tensor, columns: Tensor, method: str) -> tuple[Tensor, Tensor]:
@@ -284,7 +300,7 @@ def _run_columns(decoder: Decoder, z: Tensor, columns: Tensor, method: str) -> t
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if method in ("auto", "chain"):
-        plan, why, key = _chain_plan_eager(decoder, z) if torch.compiler.is_compiling() else chain_plan(decoder, z)
+        plan, why, key = _plan(decoder, z)
         if plan is not None:
             try:
                 return plan.run(decoder, z, columns)
@@ -295,6 +311,8 @@ def _run_columns(decoder: Decoder, z: Tensor, columns: Tensor, method: str) -> t
             raise ValueError(f"method: 'chain' needs a decoder made of supported pieces; {why}")
         method = _fallback(columns.shape[1])
     tangents = F.one_hot(columns, z.shape[1]).to(z.dtype)  # [B, k, d]
+    if torch.compiler.is_compiling():
+        return (_forward_ad_eager if method == "forward-ad" else _vmap_eager)(decoder, z, tangents)
     if method == "forward-ad":
         return _columns_forward_ad(decoder, z, tangents)
     return _columns_vmap(decoder, z, tangents)
