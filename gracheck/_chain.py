@@ -55,6 +55,7 @@ state read by a forward (module-level variables) is not tracked.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import weakref
@@ -1145,7 +1146,10 @@ def _trace(root: nn.Module, z: Tensor) -> tuple[ChainPlan | None, str, tuple | N
     """(plan, why not, the input signature the plan depends on or None)."""
     tracer = _Tracer(z)
     try:
-        graph = tracer.trace(root)
+        # arguments after the input keep their defaults (a branch such as ``if y is not None`` must see None)
+        params = list(inspect.signature(root.forward).parameters.values())[1:]
+        concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        graph = tracer.trace(root, concrete_args=concrete or None)
     except Exception as e:  # noqa: BLE001 - any failure to trace means: not this route
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return None, f"torch.fx could not trace its forward ({type(e).__name__}: {msg})", None

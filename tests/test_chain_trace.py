@@ -488,6 +488,25 @@ def test_untraceable_decoders_fall_back_with_the_reason():
 
     assert "in place" in _route(Shared()).reason
 
+    class Defaults(nn.Module):  # arguments after the input keep their defaults while tracing
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, z, extra=None, scale=2.0):
+            h = self.fc(z)
+            return torch.tanh(h if extra is None else h + extra) * scale
+
+    dec = Defaults().double()
+    assert _route(dec).method == "chain"
+    torch.testing.assert_close(gc.decoder_jacobian(dec, z), _reverse_jacobian(dec, z), rtol=1e-12, atol=1e-13)
+
+    class TwoInputs(nn.Module):
+        def forward(self, z, y):
+            return z * y
+
+    assert "more than one input" in _route(TwoInputs()).reason
+
 
 # ------------------------------------------------------------- the plan cache
 
