@@ -29,8 +29,10 @@ a warm-up (JAX's and torch's compiles happen there); the process is pinned to ``
 is faster. On the conv decoder JAX's CPU backend is slow: the backward of its transposed
 convolutions (``lax.conv_general_dilated`` with ``lhs_dilation``, what ``lax.conv_transpose`` and
 flax's ConvTranspose lower to) takes seconds (measured: 7 s for the gradient of the 256→512 k4
-layer at B = 8 against 0.12 s forward; ``--xla_cpu_use_onednn`` did not change it), so that
-decoder runs at ``--mnist-batch`` 8 with ``--mnist-repeats`` 2 by default.
+layer at B = 8 against 0.12 s forward; ``--xla_cpu_use_onednn`` did not change it; JAX's full GRAE
+step took 279 s at B = 8 on one thread), so that decoder runs at ``--mnist-batch`` 8 with
+``--mnist-repeats`` 1 by default (about 10 minutes; ``--mnist-steps plain grae_approx`` skips the
+full step).
 JAX is an optional benchmark dependency (``pip install -e ".[bench]"``); without it the script
 reports that it was skipped.
 
@@ -205,7 +207,8 @@ def bench(kind: str, args) -> dict:
                 "loss_torch": float(tl), "loss_jax": jl, "loss_rel_diff": abs(float(tl) - jl) / abs(jl),
                 "grad_mean_max_rel_diff": float(np.abs(tg[-1].numpy() - jh).max() / np.abs(jh).max())}
     fns = {f"{side}_{name}": sides[side][name] for side in sides for name in steps}
-    stats = interleaved(fns, repeats, warmup=1)
+    # the agreement calls above were the warm-up (JAX compiled there); the MLP gets one more round
+    stats = interleaved(fns, repeats, warmup=1 if kind == "mlp" else 0)
     med = {k: v["median_s"] for k, v in stats.items()}
     out = {
         "decoder": {"mlp": f"MLP {d}-512-512-784, ELU, sigmoid",
@@ -236,8 +239,8 @@ def main() -> None:
     ap.add_argument("--compile", nargs="*", default=["mlp"], choices=["mlp", "mnist"],
                     help="decoders whose gracheck steps are also timed under torch.compile (default: mlp)")
     ap.add_argument("--mnist-batch", type=int, default=8)
-    ap.add_argument("--mnist-repeats", type=int, default=2,
-                    help="JAX's conv backward on CPU takes seconds per step (see the module docstring)")
+    ap.add_argument("--mnist-repeats", type=int, default=1,
+                    help="JAX's conv backward on CPU takes seconds to minutes per step (see the module docstring)")
     ap.add_argument("--mnist-steps", nargs="+", default=["plain", "grae_approx", "grae_full"],
                     choices=["plain", "grae_approx", "grae_full"])
     ap.add_argument("--quick", action="store_true", help="5 repeats, the MLP only, no torch.compile")

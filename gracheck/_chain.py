@@ -35,8 +35,9 @@ columns. Two schedules:
 * lockstep (all k·B tangent rows fit one slice, known from an earlier call): the tangents are
   computed in the primal pass, and a Linear layer or convolution takes the primal and the tangent
   rows in one call (one larger GEMM forward, one for the weight gradient backward, as XLA's dot
-  merger does for JAX): measured on the 12-512-512-784 MLP, B = 64, one thread, the GRAE≈ step fell
-  from 33 ms to 22 ms written by hand the two ways (benchmarks/bench_jax.py times the library).
+  merger does for JAX): on the 12-512-512-784 MLP, B = 64, one thread, a GRAE≈ step written by
+  hand both ways took 22–28 ms merged against 32–34 ms separate (fastest of 20–30 steps, two runs
+  on a busy machine; benchmarks/bench_jax.py times the library's steps).
 
 Every factor is an ordinary differentiable tensor, so the backward of a training step is
 first-order autograd through these operations.
@@ -238,7 +239,11 @@ def _describe(node: _Node) -> str:
     if node.op == "module":
         return f"node '{node.name}' ({type(node.target).__name__})"
     if node.op == "function":
-        return f"node '{node.name}' (function {fx.node._get_qualified_name(node.target)})"
+        try:
+            what = fx.node._get_qualified_name(node.target)
+        except Exception:  # noqa: BLE001 - private fx helper; any name will do in a message
+            what = getattr(node.target, "__name__", repr(node.target))
+        return f"node '{node.name}' (function {what})"
     if node.op == "method":
         return f"node '{node.name}' (tensor method .{node.target}())"
     return f"node '{node.name}'"
