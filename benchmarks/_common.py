@@ -8,12 +8,13 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import torch
+
+from gracheck.base.files import atomic_write_text, git_commit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,20 +46,10 @@ def ratios(stats: dict[str, dict], base: str) -> dict[str, float]:
     return {k: v["median_s"] / stats[base]["median_s"] for k, v in stats.items()}
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def provenance(threads: int) -> dict:
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+        "git_commit": git_commit(REPO),
         "command": " ".join(["python", *sys.argv]),
         "torch": torch.__version__,
         "threads": threads,
@@ -86,6 +77,5 @@ def emit(out: dict, path: str | None) -> None:
     if path:
         p = pathlib.Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, p)
+        atomic_write_text(p, text + "\n")
+        os.chmod(p, 0o644)  # the atomic writer's temporary file is private

@@ -30,14 +30,14 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gracheck.train import TrainConfig, _build, _make_obs, _Objective
+from gracheck.train import Objective, TrainConfig, build_model, make_obs
 
 
 def _setup(model: str, device: torch.device, batch: int, d: int, amp: bool, seed: int):
     cfg = TrainConfig(dataset="mnist", model=model, latent_dim=d, beta=0.1, batch_size=batch, seed=seed,
                       device=device.type, amp=amp, eval_size=batch)
-    net = _build(cfg).to(device).train()
-    obj = _Objective(net, cfg, _make_obs(cfg), device.type if (amp and device.type == "cuda") else None)
+    net = build_model(cfg).to(device).train()
+    obj = Objective(net, cfg, make_obs(cfg), device.type if (amp and device.type == "cuda") else None)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     gen = torch.Generator(device=device).manual_seed(seed)
     # real-looking data is irrelevant to speed; a fixed uniform batch keeps the benchmark self-contained

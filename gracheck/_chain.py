@@ -26,8 +26,7 @@ without bias, reshapes, crops, padding, pooling, interpolation), an elementwise 
 activation's derivative, a BatchNorm's per-channel scale, a constant), or a linear combination
 (sums and products of z-dependent values). Elementwise factors are combined before they touch the
 tangents (a BatchNorm scale and the next activation's derivative cost one multiplication per
-tangent), and a first Linear layer applied to the one-hot tangents is a gather of its weight's
-columns. Two schedules:
+tangent). A plan traced from a forward gets the adaptive schedule, one of two:
 
 * sliced (a first call, or tangent rows too wide for one slice): the primal pass records the
   steps; the k tangents of each example then run through them on slices of the batch (see
@@ -38,6 +37,15 @@ columns. Two schedules:
   merger does for JAX): on the 12-512-512-784 MLP, B = 64, one thread, a GRAE≈ step written by
   hand both ways took 22–28 ms merged against 32–34 ms separate (fastest of 20–30 steps, two runs
   on a busy machine; benchmarks/bench_jax.py times the library's steps).
+
+and in both a first Linear layer applied to the one-hot tangents is a gather of its weight's
+columns. A declared chain (``jacobian_chain()``, every decoder in :mod:`gracheck.nets`) gets the
+*fixed* schedule: the steps recorded in the primal pass, the tangents on slices of about
+:data:`CHAIN_ROWS` (example, column) rows, a first Linear layer as a GEMM on the one-hot rows. Its
+bits depend on the call's inputs only, never on earlier calls (the adaptive schedule's lockstep mode
+starts with the second call of a plan, and a plan is rebuilt after a train/eval switch), which the
+trainer's exact resume needs, and :mod:`gracheck.ensemble` computes exactly these operations on its
+stacked layers, so an ensemble's models stay bitwise equal to their one-at-a-time runs.
 
 Every factor is an ordinary differentiable tensor, so the backward of a training step is
 first-order autograd through these operations.
@@ -70,10 +78,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "ACTIVATION_RULES",
     "ChainPlan",
     "ChainRefused",
     "batch_stats",
+    "CHAIN_ROWS",
     "chain_plan",
+    "channel_shape",
     "conv_linear_part",
     "normalise",
     "PLAIN_CONVS",
@@ -90,6 +101,11 @@ class ChainRefused(Exception):
 
 
 # ------------------------------------------------------------------ shared helpers
+
+
+def channel_shape(x: Tensor) -> list[int]:
+    """The shape ``[1, C, 1, ...]`` that broadcasts a per-channel vector against ``x [N, C, ...]``."""
+    return [1, -1] + [1] * (x.dim() - 2)
 
 
 def normalise(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
@@ -209,6 +225,12 @@ _ACT_FUNCTIONS: dict[object, tuple[Callable, tuple[str, ...], dict]] = {
 }
 _ACT_METHODS: dict[str, Callable] = {"relu": _d_relu, "sigmoid": _d_sigmoid, "tanh": _d_tanh, "exp": _d_exp}
 
+# activation modules as (module, x) → (y, dy/dx elementwise): the table the ensemble trainer's
+# stacked layers use (gracheck.ensemble), so its tangents are computed as the chain route's are
+ACTIVATION_RULES: dict[type, Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]] = {
+    t: (lambda m, x, rule=rule, params=params: rule(x, **params(m))) for t, (rule, params) in _ACT_MODULES.items()
+}
+
 # ------------------------------------------------------------------ the plan
 
 
@@ -276,7 +298,9 @@ class ChainPlan:
         self.input = next(i for i, n in enumerate(nodes) if n.op == "input")
         self.batchnorms = [n.target for n in nodes if n.op == "module" and isinstance(n.target, nn.modules.batchnorm._BatchNorm)]
         self._row_bytes: dict[tuple, int] = {}  # widest per-example row seen, per input signature
-        self.last_mode = ""  # "lockstep" or "sliced": how the last run went (for tests and benchmarks)
+        self.last_mode = ""  # "lockstep", "sliced" or "fixed": how the last run went (for tests and benchmarks)
+        # the fixed schedule for declared chains (see run); the adaptive one for traced forwards
+        self.fixed = source == "jacobian_chain()"
 
     def describe(self) -> tuple[str, ...]:
         """One line per node that carries tangents, in evaluation order."""
@@ -289,7 +313,8 @@ class ChainPlan:
         known from an earlier call with inputs of this signature), the tangents are computed in the
         same pass as the primal ("lockstep"), and a Linear layer or convolution then runs the primal
         rows and the tangent rows through one call (one larger GEMM forward and backward). Otherwise
-        the primal pass records the tangent steps and the tangent pass runs them on slices.
+        the primal pass records the tangent steps and the tangent pass runs them on slices. A
+        declared chain always takes the fixed schedule (see the module docstring).
 
         Raises ChainRefused (running statistics restored) when a node turns out to be unsupported
         for this input."""
@@ -297,9 +322,9 @@ class ChainPlan:
         key = (z.dim(), tuple(z.shape[1:]), z.dtype, z.device)
         known = self._row_bytes.get(key)
         env = None
-        if known is not None and slice_examples(k, known) >= B:
+        if not self.fixed and known is not None and slice_examples(k, known) >= B:
             env = _Env(self.input, columns.reshape(-1), z, 0, B, k)
-        self.last_mode = "sliced" if env is None else "lockstep"
+        self.last_mode = "fixed" if self.fixed else "sliced" if env is None else "lockstep"
         saved = save_running_stats([bn for bn in self.batchnorms if bn.training])
         try:
             out, steps, result, row_bytes = self._primal_pass(root, z, env)
@@ -312,7 +337,7 @@ class ChainPlan:
             return g, g.new_zeros(B, g.shape[1], k)
         if env is not None:
             return g, env.get(result).reshape(B, k, -1).transpose(1, 2)
-        return g, _tangent_pass(steps, self.input, result, columns, z, row_bytes)
+        return g, _tangent_pass(steps, self.input, result, columns, z, row_bytes, fixed=self.fixed)
 
     def _primal_pass(self, root: object, z: Tensor, env: _Env | None) -> tuple[Tensor, list[_Step], int | None, int]:
         """One forward through the plan: the output, the tangent steps, the index of the output's
@@ -458,6 +483,11 @@ def _fold(steps: list[_Step], nodes: list[_Node]) -> list[_Step]:
 SLICE_BYTES = 12 * 2**20
 
 
+# The fixed schedule's slices: about CHAIN_ROWS (example, column) rows, whatever the layer widths
+# (the fastest of 48–384 rows for every convolution of the Appendix D MNIST decoder at d = 12).
+CHAIN_ROWS = 96
+
+
 def slice_examples(k: int, row_bytes: int) -> int:
     """Examples per slice of the tangent pass for k tangents per example and rows of row_bytes."""
     return max(1, SLICE_BYTES // max(1, k * row_bytes))
@@ -478,8 +508,9 @@ class _Env:
     An elementwise step only combines factors (one per batch, not per tangent row); the product
     touches the tangent rows once, when a linear map, a sum or the output needs them."""
 
-    def __init__(self, input_index: int, cols: Tensor, z: Tensor, s: int, b: int, k: int) -> None:
+    def __init__(self, input_index: int, cols: Tensor, z: Tensor, s: int, b: int, k: int, gather: bool = True) -> None:
         self.input, self.cols, self.z, self.s, self.b, self.k = input_index, cols, z, s, b, k
+        self.gather = gather  # a first Linear layer on the one-hot tangents: gather its weight's columns
         self.vals: dict[int, tuple] = {}
 
     def lazy(self, i: int) -> tuple:
@@ -522,7 +553,7 @@ class _Env:
             return
         if kind == "map":
             src = st.ins[0]
-            if st.weight is not None and src == self.input and src not in self.vals:
+            if st.weight is not None and src == self.input and src not in self.vals and self.gather:
                 T = st.weight.t()[self.cols]  # a Linear layer on one-hot tangents: its weight's columns
             else:
                 T = st.fn(self.get(src))
@@ -542,18 +573,20 @@ class _Env:
         self.vals[st.out] = (T, None, False)
 
 
-def _tangent_pass(steps: list[_Step], input_index: int, result: int, columns: Tensor, z: Tensor, row_bytes: int) -> Tensor:
-    """The k tangents of each example through the steps, on slices of the batch → ``[B, D, k]``."""
+def _tangent_pass(steps: list[_Step], input_index: int, result: int, columns: Tensor, z: Tensor, row_bytes: int,
+                  fixed: bool = False) -> Tensor:
+    """The k tangents of each example through the steps, on slices of the batch → ``[B, D, k]``
+    (``fixed``: the fixed schedule, see :class:`ChainPlan`)."""
     B, k = columns.shape
     last_use: dict[int, int] = {}
     for j, st in enumerate(steps):
         for i in st.ins:
             last_use[i] = j
-    per = slice_examples(k, row_bytes)
+    per = max(1, CHAIN_ROWS // max(k, 1)) if fixed else slice_examples(k, row_bytes)
     parts = []
     for s in range(0, B, per):
         b = min(per, B - s)
-        env = _Env(input_index, columns[s : s + b].reshape(-1), z, s, b, k)
+        env = _Env(input_index, columns[s : s + b].reshape(-1), z, s, b, k, gather=not fixed)
         for j, st in enumerate(steps):
             env.run(st)
             for i in st.ins:

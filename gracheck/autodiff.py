@@ -81,7 +81,7 @@ from gracheck._chain import (
     restore_running_stats,
     save_running_stats,
 )
-from gracheck._validate import check_tensor
+from gracheck.base.validate import check_tensor
 
 Decoder = Callable[[Tensor], Tensor]
 
@@ -358,10 +358,3 @@ def decoder_jacobian(
     columns = torch.arange(d, device=z.device).expand(B, d)
     g, J = _run_columns(decoder, z, columns, method)
     return (g, J) if return_output else J
-
-
-def jtj(J: Tensor, hess_diag: Tensor | None = None) -> Tensor:
-    """Jᵀ(−H_p)J ``[..., d, d]`` from J ``[..., D, d]`` and diag(H_p) ``[..., D]`` (None: H_p = −I)."""
-    if hess_diag is None:
-        return J.transpose(-1, -2) @ J
-    return J.transpose(-1, -2) @ (J * (-hess_diag).unsqueeze(-1))

@@ -10,18 +10,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck._validate import _is_traced, check_tensor
+from gracheck.base.validate import FLOAT_DTYPES, is_traced, check_tensor
 
 
 def _flat_pair(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    check_tensor("x", x, min_dim=1)
-    check_tensor("g", g, min_dim=1)
+    """x, g ``[B, ...]`` flattened to ``[B, D]`` (B = 0 allowed: an empty batch gives an empty result)."""
+    check_tensor("x", x, min_dim=1, dtypes=FLOAT_DTYPES)
+    check_tensor("g", g, min_dim=1, dtypes=FLOAT_DTYPES)
     if x.shape[0] != g.shape[0]:
         raise ValueError(f"x, g: batch sizes differ ({x.shape[0]} vs {g.shape[0]})")
-    xf, gf = x.reshape(x.shape[0], -1), g.reshape(g.shape[0], -1)
+    xf, gf = x.reshape(x.shape[0], math.prod(x.shape[1:])), g.reshape(g.shape[0], math.prod(g.shape[1:]))
     if xf.shape != gf.shape:
         raise ValueError(f"x, g: shapes {tuple(x.shape)} and {tuple(g.shape)} do not flatten to the same [B, D]")
     return xf, gf
@@ -67,9 +67,11 @@ class BernoulliObs:
     With ``logits=False`` (default) ``g`` holds probabilities in (0, 1) and
     H_p = diag(−xᵢ/gᵢ² − (1 − xᵢ)/(1 − gᵢ)²), which for binary xᵢ is the paper's
     −1/(1 − xᵢ − gᵢ)² (Sec. 5.1). With ``logits=True`` ``g`` holds logits ℓ (the
-    decoder's pre-sigmoid output), log p = xℓ − softplus(ℓ) is evaluated stably,
-    and the Hessian is with respect to ℓ: −σ(ℓ)(1 − σ(ℓ)), bounded and free of the
-    1/g² blow-up. ``x`` may be binary or in [0, 1] (continuous Bernoulli
+    decoder's pre-sigmoid output), log p = −x·softplus(−ℓ) − (1 − x)·softplus(ℓ) with
+    softplus(t) = logaddexp(0, t), which is exact to rounding at every ℓ (no threshold, no
+    cancellation between xℓ and softplus(ℓ)), and the Hessian is with respect to ℓ:
+    −σ(ℓ)σ(−ℓ), bounded and free of the 1/g² blow-up (written with σ(−ℓ) rather than
+    1 − σ(ℓ), so it stays accurate, and non-zero, for large positive ℓ). ``x`` may be binary or in [0, 1] (continuous Bernoulli
     *without* its normaliser, as is common for MNIST intensities).
     """
 
@@ -83,9 +85,9 @@ class BernoulliObs:
 
     def _check(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         xf, gf = _flat_pair(x, g)
-        if not _is_traced(xf) and bool(((xf < 0) | (xf > 1)).any()):
+        if not is_traced(xf) and bool(((xf < 0) | (xf > 1)).any()):
             raise ValueError("x: Bernoulli observations must lie in [0, 1]")
-        if not self.logits and not _is_traced(gf):
+        if not self.logits and not is_traced(gf):
             if bool(((gf.detach() <= 0) | (gf.detach() >= 1)).any()):
                 raise ValueError("g: Bernoulli probabilities must lie strictly inside (0, 1); pass logits=True for logits")
         return xf, gf
@@ -94,20 +96,20 @@ class BernoulliObs:
         """Σᵢ log Bernoulli(xᵢ; gᵢ) per example, ``[B]`` (nats)."""
         xf, gf = self._check(x, g)
         if self.logits:
-            return (xf * gf - F.softplus(gf)).sum(-1)
+            zero = gf.new_zeros(())
+            return -(xf * torch.logaddexp(zero, -gf) + (1 - xf) * torch.logaddexp(zero, gf)).sum(-1)
         return (xf * torch.log(gf) + (1 - xf) * torch.log1p(-gf)).sum(-1)
 
     def grad(self, x: Tensor, g: Tensor) -> Tensor:
-        """∂ log p / ∂g, ``[B, D]``: x/g − (1 − x)/(1 − g), or x − σ(ℓ) for logits."""
+        """∂ log p / ∂g, ``[B, D]``: x/g − (1 − x)/(1 − g), or x − σ(ℓ) = xσ(−ℓ) − (1 − x)σ(ℓ) for logits."""
         xf, gf = self._check(x, g)
         if self.logits:
-            return xf - torch.sigmoid(gf)
+            return xf * torch.sigmoid(-gf) - (1 - xf) * torch.sigmoid(gf)
         return xf / gf - (1 - xf) / (1 - gf)
 
     def hess_diag(self, x: Tensor, g: Tensor) -> Tensor:
         """Diagonal of ∇²_g log p, ``[B, D]`` (always < 0)."""
         xf, gf = self._check(x, g)
         if self.logits:
-            s = torch.sigmoid(gf)
-            return -s * (1 - s)
+            return -torch.sigmoid(gf) * torch.sigmoid(-gf)
         return -xf / gf.pow(2) - (1 - xf) / (1 - gf).pow(2)

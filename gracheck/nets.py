@@ -56,6 +56,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from gracheck import posteriors
+from gracheck.base.validate import check_positive_int
 
 DATASETS = ("mnist", "celeba")
 MODELS = ("beta-vae", "grae", "grae-approx", "ae")
@@ -83,12 +84,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _check_pos_int(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return v
 
 
 def _check_width(width: object) -> float:
@@ -137,14 +132,14 @@ class PosteriorHead(nn.Module):
 
     def __init__(self, features: int, d: int, posterior: str | None = None, block: int | None = None) -> None:
         super().__init__()
-        self.d = _check_pos_int("d", d)
-        _check_pos_int("features", features)
+        self.d = check_positive_int("d", d)
+        check_positive_int("features", features)
         if posterior is not None and posterior not in posteriors.STRUCTURES:
             raise ValueError(f"posterior: expected None or one of {posteriors.STRUCTURES}, got {posterior!r}")
         if posterior == "block-diagonal":
             if block is None:
                 raise ValueError("block: required for posterior='block-diagonal'")
-            _check_pos_int("block", block)
+            check_positive_int("block", block)
         elif block is not None and posterior != "block-diagonal":
             raise ValueError(f"block: only used with posterior='block-diagonal', got block={block!r} with {posterior!r}")
         self.posterior = posterior
@@ -194,7 +189,7 @@ class _ConvEncoder(nn.Module):
 class _ConvDecoder(nn.Module):
     def __init__(self, d, fc_shape, tlayers, final, out_channels, width, out):
         super().__init__()
-        _check_pos_int("d", d)
+        check_positive_int("d", d)
         width = _check_width(width)
         self.d = d
         c0, s0, _ = fc_shape
@@ -282,7 +277,7 @@ def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
         hidden = (hidden,)
     hidden = tuple(hidden)
     for i, h in enumerate(hidden):
-        _check_pos_int(f"hidden[{i}]", h)
+        check_positive_int(f"hidden[{i}]", h)
     return hidden
 
 
@@ -300,7 +295,7 @@ class MLPEncoder(nn.Module):
         activation: str = "elu",
     ) -> None:
         super().__init__()
-        self.D = _check_pos_int("D", D)
+        self.D = check_positive_int("D", D)
         hidden = _check_hidden(hidden)
         self.body = nn.Sequential(*_mlp((D, *hidden), activation))
         self.head = PosteriorHead(hidden[-1] if hidden else D, d, posterior, block)
@@ -330,8 +325,8 @@ class MLPDecoder(nn.Module):
         out_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.d = _check_pos_int("d", d)
-        self.D = _check_pos_int("D", D)
+        self.d = check_positive_int("d", d)
+        self.D = check_positive_int("D", D)
         hidden = _check_hidden(hidden)
         if out_shape is not None:
             out_shape = tuple(int(s) for s in out_shape)
@@ -402,7 +397,7 @@ def build_model(
         raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
     if arch not in ARCHS:
         raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
-    _check_pos_int("latent_dim", latent_dim)
+    check_positive_int("latent_dim", latent_dim)
     _output(out)
     post = posterior if model == "beta-vae" else None
     blk = block if post == "block-diagonal" else None

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck._validate import _is_traced, check_tensor
+from gracheck.base.validate import FLOAT_DTYPES, check_positive_int, check_same_dtype, check_tensor, is_traced
 
 STRUCTURES = ("mean-field", "block-diagonal", "full")
 _DIAG_FLOOR = 1e-5  # smallest posterior standard deviation a head can produce
@@ -29,10 +29,8 @@ _DIAG_FLOOR = 1e-5  # smallest posterior standard deviation a head can produce
 
 def block_sizes(d: int, block: int) -> list[int]:
     """Sizes of the diagonal blocks for latent dimension ``d`` and block size ``block`` (last may be smaller)."""
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d: must be a positive int, got {d!r}")
-    if not isinstance(block, int) or block < 1:
-        raise ValueError(f"block: must be a positive int, got {block!r}")
+    check_positive_int("d", d)
+    check_positive_int("block", block)
     return [min(block, d - s) for s in range(0, d, block)]
 
 
@@ -92,22 +90,36 @@ def scale_tril_from_params(params: Tensor, d: int, structure: str, block: int | 
 
 @dataclasses.dataclass
 class GaussianPosterior:
-    """q(z|x) = N(mean, scale_tril scale_trilᵀ); mean ``[B, d]``, scale_tril ``[B, d, d]``."""
+    """q(z|x) = N(mean, scale_tril scale_trilᵀ); mean ``[B, d]``, scale_tril ``[B, d, d]``.
+
+    ``scale_tril`` must be lower-triangular (every entry above the diagonal exactly 0) with a
+    strictly positive diagonal, in mean's dtype (float32 or float64) and on mean's device.
+    """
 
     mean: Tensor
     scale_tril: Tensor
 
     def __post_init__(self) -> None:
-        check_tensor("mean", self.mean, min_dim=2)
-        check_tensor("scale_tril", self.scale_tril, min_dim=3)
+        check_tensor("mean", self.mean, min_dim=2, dtypes=FLOAT_DTYPES)
+        check_tensor("scale_tril", self.scale_tril, min_dim=3, dtypes=FLOAT_DTYPES)
+        check_same_dtype("scale_tril", self.scale_tril, "mean", self.mean)
+        if self.scale_tril.device != self.mean.device:
+            raise ValueError(f"scale_tril: on {self.scale_tril.device}, mean on {self.mean.device}; put both on one device")
         if self.scale_tril.shape[-2:] != (self.mean.shape[-1],) * 2 or self.scale_tril.shape[:-2] != self.mean.shape[:-1]:
             raise ValueError(
                 f"scale_tril: expected shape {tuple(self.mean.shape) + (self.mean.shape[-1],)} "
                 f"to match mean {tuple(self.mean.shape)}, got {tuple(self.scale_tril.shape)}"
             )
-        if not _is_traced(self.scale_tril):
-            diag = torch.diagonal(self.scale_tril.detach(), dim1=-2, dim2=-1)
-            if bool((diag <= 0).any()):
+        if not is_traced(self.scale_tril) and self.scale_tril.numel():
+            L = self.scale_tril.detach()
+            diag = torch.diagonal(L, dim1=-2, dim2=-1)
+            # one host sync for both checks
+            bad_diag, bad_upper = torch.stack([(diag <= 0).any(), torch.triu(L, 1).ne(0).any()]).tolist()
+            if bad_upper:
+                up = float(torch.triu(L, 1).abs().max())
+                raise ValueError(f"scale_tril: must be lower-triangular (an entry above the diagonal is {up:.3g}); "
+                                 "for a covariance use GaussianPosterior.from_cov or torch.linalg.cholesky")
+            if bad_diag:
                 raise ValueError("scale_tril: diagonal must be strictly positive")
 
     @classmethod
@@ -120,7 +132,7 @@ class GaussianPosterior:
 
     @classmethod
     def from_cov(cls, mean: Tensor, cov: Tensor) -> GaussianPosterior:
-        from gracheck._validate import check_symmetric, cholesky
+        from gracheck.base.validate import check_symmetric, cholesky
 
         check_tensor("cov", cov, min_dim=3)
         check_symmetric("cov", cov)
@@ -137,8 +149,7 @@ class GaussianPosterior:
 
     def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         """``n`` reparameterised samples, ``[n, B, d]`` (z = μ + Lε, ε from ``generator``)."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: must be a positive int, got {n!r}")
+        check_positive_int("n", n)
         eps = torch.randn(
             (n, *self.mean.shape), generator=generator, dtype=self.mean.dtype, device=self.mean.device
         )

@@ -4,8 +4,10 @@ One run = one frozen :class:`TrainConfig` + one output folder::
 
     out/
       config.json              the config (also inside every checkpoint and result.json)
-      ckpt-00000050.pt …       model, optimiser, RNG states, step, config (last ``keep_checkpoints``)
+      ckpt-00000050.pt …       model, optimiser, RNG states, step, config and the SHA-256 digest of all
+                               of it (last ``keep_checkpoints``)
       latest                   name of the newest checkpoint
+      train.lock               held while a trainer runs here: its pid, host and start time
       log.csv, log.jsonl       every training step: step, each objective term, loss, grad_norm, lr, seconds
       eval.csv, eval.jsonl     every ``eval_every`` steps (and at step 0 and the end): the terms averaged
                                over ``eval_size`` held-out examples, BatchNorm in eval mode
@@ -29,7 +31,11 @@ learning rate: the defaults here (64, 1e-3) are our choice.
 Data: MNIST trains on the 60k train split (first ``train_limit`` if set) and evaluates on the
 first ``eval_size`` test images. The shipped CelebA subset holds only 10k *train* images, so
 CelebA uses ``load_celeba("all")`` (sorted by file name) and holds out its *last* ``eval_size``
-images, training on the rest; this split is deterministic and is recorded in result.json.
+images, training on the rest; this split is deterministic and is recorded in result.json
+(``data``), with the data folders used (``data["folders"]``: path -> how it was chosen) and every
+file read with the checksum its loader verified (``data["files"]``). The files are read from
+``data_root`` (``--data-root``) alone when given, else ``$GRACHECK_DATA`` alone when set: a
+folder named there that lacks a file is an error naming it, never a fallback to another copy.
 Batches: the global batch of step t is positions [tB, (t+1)B) of a stream of epoch-wise
 permutations, epoch e permuted by a generator seeded from (seed, e); so batches are a pure
 function of (seed, step), identical for any number of DDP processes (rank r takes the r-th
@@ -54,10 +60,33 @@ reason. Evaluation uses eval mode (running statistics). Under DDP each process n
 its own slice of the batch (no SyncBatchNorm) and rank 0's running statistics are broadcast.
 
 Failure modes: a non-finite term stops the run with :class:`TrainingDiverged` naming the
-(1-based) step and the term, before the optimiser applies that step (the last checkpoint is
-the last good state); a corrupt checkpoint is reported by name and the previous one is used;
-resuming with a different config raises :class:`ConfigMismatchError` naming the fields
-(``steps`` alone may change, to extend a run).
+(1-based) step and the first non-finite underlying term (``log_px``, ``kl``, ``prior``,
+``regularizer``; ``objective`` only when those are finite and their combination is not), before
+the optimiser applies that step (the last checkpoint is the last good state). Every checkpoint
+records a SHA-256 digest of its payload (every tensor's bytes and every other value), verified
+on load: a checkpoint that is truncated, not a checkpoint, or whose digest does not match is
+named in a warning, renamed ``*.corrupt`` (kept, never deleted) and the previous one is used;
+checkpoints that pass verification are never set aside. Resuming with a different config raises
+:class:`ConfigMismatchError` naming the fields (``steps`` alone may change, to extend a run).
+
+One trainer per folder: the trainer holds ``OUT/train.lock`` (a :class:`gracheck.base.files.FolderLock`, re-exported here) while it
+runs; a second one is refused with :class:`FolderLocked` naming the owner's pid. The kernel
+drops the lock when its holder dies (SIGKILL included), and the next trainer takes such a
+stale lock over with a warning naming the dead process.
+
+Signals: on SIGTERM or SIGINT (Ctrl-C) the trainer finishes the current step, writes a
+checkpoint, and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``), whose message
+names the checkpoint; ``python -m gracheck.train`` prints that one line on stderr and exits
+143 (SIGTERM) or 130 (SIGINT). ``--resume`` then continues bitwise as if uninterrupted. A
+second signal while the step finishes acts as usual (Ctrl-C raises KeyboardInterrupt at once,
+SIGTERM ends the process) and loses the steps since the last checkpoint.
+Under DDP the processes agree on the step to stop after (the flag rides on the per-step
+all-reduce that already exists).
+
+Exit codes of ``python -m gracheck.train``: 0 done; 1 an internal error (traceback); 2 bad
+options, config or data (also argparse's usage errors); 3 training diverged; 4 OUT is in use by
+another trainer; 5 OUT cannot be created or written (a parent is a file, no permission, ...);
+130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint.
 """
 
 from __future__ import annotations
@@ -73,7 +102,9 @@ import math
 import gc
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import typing
 import warnings
@@ -86,12 +117,21 @@ import torch.nn as nn
 from torch import Tensor
 
 from gracheck import nets, objectives, posteriors
+from gracheck.base.files import FolderLock, FolderLocked, is_terminal
+from gracheck.base.files import atomic_write_bytes as _files_atomic_write_bytes
+from gracheck.base.stats import derive_seed
+from gracheck.base.validate import check_positive_int
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 
 __all__ = [
     "slim_checkpoint",
     "CheckpointError",
     "ConfigMismatchError",
+    "FolderLock",
+    "FolderLocked",
+    "OutDirError",
+    "TrainingInterrupted",
+    "payload_digest",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
@@ -102,8 +142,10 @@ __all__ = [
     "train",
 ]
 
-CKPT_FORMAT = "gracheck-train-checkpoint/1"
+CKPT_FORMAT = "gracheck-train-checkpoint/2"  # /2: the payload carries its SHA-256 digest ("sha256")
+_CKPT_FORMAT_V1 = "gracheck-train-checkpoint/1"  # before digests: still read (unverifiable), never written
 _CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+LOCK_NAME = "train.lock"
 OBS = ("gaussian", "bernoulli")
 TERMS = {
     "beta-vae": ("objective", "log_px", "kl"),
@@ -134,7 +176,134 @@ class ConfigMismatchError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or is not a gracheck training checkpoint."""
+    """A checkpoint file that cannot be read, is not a gracheck training checkpoint, or fails its digest."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped the run after a finished step; ``checkpoint`` holds that step.
+
+    A ``KeyboardInterrupt`` (so ``except Exception`` does not swallow it); ``exit_code`` is the
+    shell's 128 + signal number (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, signum: int, step: int, total: int, checkpoint: str) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"gracheck.train: stopped by {name} after step {step} of {total}; checkpoint {checkpoint} "
+                         f"(continue with --resume)")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OutDirError(OSError):
+    """The output folder cannot be created or written (a parent is a file, no permission, ...)."""
+
+
+# ---------------------------------------------------------------------------------- run folder
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out`` and its parents; :class:`OutDirError` naming the obstacle otherwise."""
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"out_dir: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        raise OutDirError(f"out_dir: cannot create {out}: {blocker} is a file, not a folder") from None
+    except OSError as e:
+        raise OutDirError(f"out_dir: cannot create {out}: {e.strerror} ({e.filename})") from None
+
+
+def _lock_out(out: Path) -> FolderLock:
+    """Create ``out`` and take its lock (:class:`FolderLocked` / :class:`OutDirError` otherwise)."""
+    _prepare_out(out)
+    lock = FolderLock(out / LOCK_NAME, what="run folder")
+    try:
+        return lock.acquire()
+    except FolderLocked:
+        raise
+    except OSError as e:
+        raise OutDirError(f"out_dir: {out} is not writable: {e.strerror} ({e.filename})") from None
+
+
+PROGRESS_FRACTION = 0.1  # off a terminal: a progress line at every tenth of the run ...
+PROGRESS_SECONDS = 60.0  # ... and whenever this many seconds passed since the last line
+
+
+class _StepProgress:
+    """The training loop's progress on stderr: a tqdm bar on a terminal; elsewhere (CI logs, pipes, nohup)
+    one flushed line at every :data:`PROGRESS_FRACTION` of the run, whenever :data:`PROGRESS_SECONDS`
+    passed since the last line, and at the last step: step, loss, steps/s (since the last line) and
+    the time left at that rate."""
+
+    def __init__(self, cfg: TrainConfig, start: int, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total, self.name = cfg.steps, f"{cfg.model} {cfg.dataset}"
+        self.bar = None
+        if is_terminal(self.stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start, desc=self.name, dynamic_ncols=True, file=self.stream)
+            return
+        self.every = max(1, math.ceil(cfg.steps * PROGRESS_FRACTION))
+        self.t_last, self.step_last = time.perf_counter(), start
+        self._line(f"{'resuming at' if start else 'starting'} step {start} of {cfg.steps}")
+
+    def _line(self, s: str) -> None:
+        print(f"gracheck.train {self.name}: {s}", file=self.stream, flush=True)
+
+    def update(self, done: int, metrics: dict, terms: Sequence[str]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in terms}, refresh=False)
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if not (done % self.every == 0 or done == self.total or now - self.t_last >= PROGRESS_SECONDS):
+            return
+        rate = (done - self.step_last) / max(now - self.t_last, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else math.inf
+        self._line(f"step {done}/{self.total} ({100 * done / self.total:.0f}%), loss {metrics['loss']:.6g}, "
+                   f"{rate:.3g} steps/s, {left:.0f} s left")
+        self.t_last, self.step_last = now, done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT handlers that only record the signal; the training loop acts on it after a step.
+
+    Installed only in the main thread (Python allows no other). On the first signal the previous
+    handlers come back, so a second signal interrupts at once as usual.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._prev: dict = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._prev[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        prev, self._prev = self._prev, {}
+        for s, h in prev.items():
+            signal.signal(s, h)
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 # ---------------------------------------------------------------------------------- config
@@ -185,14 +354,14 @@ class TrainConfig:
         _choice("arch", self.arch, nets.ARCHS)
         _choice("activation", self.activation, nets.ACTIVATIONS)
         for name in ("latent_dim", "steps", "batch_size", "grae_k", "n_samples", "eval_size", "keep_checkpoints"):
-            _pos_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("eval_every", "checkpoint_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         for name in ("block", "train_limit", "num_threads"):
             if getattr(self, name) is not None:
-                _pos_int(name, getattr(self, name))
+                check_positive_int(name, getattr(self, name))
         for name in ("beta", "lr", "obs_variance", "width"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -203,7 +372,7 @@ class TrainConfig:
         if self.grae_k > self.latent_dim:
             raise ValueError(f"grae_k: must be <= latent_dim={self.latent_dim}, got {self.grae_k}")
         for h in self.hidden:
-            _pos_int("hidden", h)
+            check_positive_int("hidden", h)
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
         for name in ("amp", "deterministic"):
@@ -232,11 +401,6 @@ def _choice(name: str, v: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {v!r}")
 
 
-def _pos_int(name: str, v: object) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-
-
 def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
     """Fields whose values differ: ``{name: (a's value, b's value)}``."""
     da, db = a.to_dict(), b.to_dict()
@@ -257,7 +421,7 @@ class TrainResult:
     resumed_from: int | None
     device: str
     world_size: int
-    data: dict  # how the training/held-out sets were formed
+    data: dict  # how the training/held-out sets were formed; "folders" and "files" (with checksums) read
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -268,33 +432,8 @@ class TrainResult:
 # ---------------------------------------------------------------------------------- small utils
 
 
-def _derive_seed(*keys: object) -> int:
-    """A 63-bit seed from a tuple of keys (stable across processes and platforms)."""
-    h = hashlib.sha256(repr(keys).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _files_atomic_write_bytes(path, data)  # the project's one atomic writer (gracheck.base.files)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -355,9 +494,15 @@ def _load_data(cfg: TrainConfig, root) -> tuple[Tensor, Tensor, dict]:
     """(train images, held-out images, description); both ``[N, C, H, W]`` float32 in [0, 1]."""
     key = (cfg.dataset, None if root is None else str(Path(root).resolve()), cfg.train_limit, cfg.eval_size,
            os.environ.get("GRACHECK_DATA"))
+    from gracheck import data as gdata
+
     if key not in _DATA_MEMO:
         _DATA_MEMO.clear()
-        _DATA_MEMO[key] = _load_data_uncached(cfg, root)
+        with gdata.record_reads() as rec:
+            train_x, held, desc = _load_data_uncached(cfg, root)
+        _DATA_MEMO[key] = train_x, held, {**desc, **rec.to_dict()}
+    else:
+        gdata.note_reads(_DATA_MEMO[key][2])  # a memo hit reads the same files: an outer record sees them too
     train_x, held, desc = _DATA_MEMO[key]
     return train_x, held, dict(desc)
 
@@ -393,7 +538,7 @@ class _BatchStream:
 
     def _perm_of(self, e: int) -> Tensor:
         if e != self._epoch:
-            g = torch.Generator().manual_seed(_derive_seed("data", self.seed, e))
+            g = torch.Generator().manual_seed(derive_seed("data", self.seed, e))
             self._epoch, self._perm = e, torch.randperm(self.n, generator=g)
         return self._perm
 
@@ -500,7 +645,7 @@ def _make_obs(cfg: TrainConfig):
 def _build(cfg: TrainConfig) -> nets.VAEModel:
     """The model of ``cfg``, initialised from ``cfg.seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(_derive_seed("init", cfg.seed))
+        torch.random.default_generator.manual_seed(derive_seed("init", cfg.seed))
         return nets.build_model(
             cfg.dataset, cfg.model, cfg.latent_dim, posterior=cfg.posterior,
             block=cfg.block if cfg.posterior == "block-diagonal" else None, width=cfg.width, arch=cfg.arch,
@@ -523,31 +668,78 @@ def latest_checkpoint(out_dir) -> Path | None:
     return files[0] if files else None
 
 
+def payload_digest(payload: dict) -> str:
+    """SHA-256 (hex) of a checkpoint payload's contents, ignoring its own top-level ``"sha256"`` entry.
+
+    Covers every tensor's dtype, shape and bytes and every other value's type and repr, walked
+    in order through dicts, lists and tuples, so it does not depend on how the file serialises
+    them; the same payload read back from the file has the same digest.
+    """
+    h = hashlib.sha256()
+
+    def feed(o) -> None:
+        if isinstance(o, Tensor):
+            t = o.detach()
+            t = (t.cpu() if t.device.type != "cpu" else t).contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)};".encode())
+            for k, v in o.items():
+                feed(k)
+                feed(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{'L' if isinstance(o, list) else 'U'}{len(o)};".encode())
+            for v in o:
+                feed(v)
+        elif o is None or isinstance(o, (bool, int, float, str)):
+            r = repr(o)
+            h.update(f"S{type(o).__name__}{len(r)}:{r}".encode())
+        else:
+            raise TypeError(f"payload: cannot digest a {type(o).__name__}")
+
+    feed({k: v for k, v in payload.items() if k != "sha256"})
+    return h.hexdigest()
+
+
 def _read_ckpt(path: Path, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, disallowed pickle contents, ...
         raise CheckpointError(f"{path}: cannot be read as a training checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+    if not isinstance(ck, dict) or ck.get("format") not in (CKPT_FORMAT, _CKPT_FORMAT_V1):
         raise CheckpointError(f"{path}: not a gracheck training checkpoint (format tag missing or wrong)")
+    if ck["format"] == CKPT_FORMAT or "sha256" in ck:  # /1 files predate digests and load unverified
+        want = ck.get("sha256")
+        if not isinstance(want, str):
+            raise CheckpointError(f"{path}: the checkpoint's SHA-256 digest is missing")
+        try:
+            got = payload_digest(ck)
+        except TypeError as e:
+            raise CheckpointError(f"{path}: the payload holds values a checkpoint never holds ({e})") from e
+        if got != want:
+            raise CheckpointError(f"{path}: the SHA-256 digest of its contents ({got[:16]}…) does not match the digest "
+                                  f"recorded when it was written ({want[:16]}…): the file was changed or corrupted since")
     missing = [k for k in ("step", "config", "model", "optimizer", "rng", "world_size") if k not in ck]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     return ck
 
 
-def _load_newest(out: Path, map_location="cpu") -> tuple[dict, Path] | None:
-    """The newest readable checkpoint; warns (naming the file) about each unreadable newer one."""
+def _load_newest(out: Path, map_location="cpu") -> tuple[dict, Path, list[Path]] | None:
+    """(checkpoint, its path, the newer files that failed verification) for the newest checkpoint that
+    passes; warns (naming the file) about each that fails."""
     files = _ckpt_files(out)
-    errors = []
+    errors, failed = [], []
     for p in files:
         try:
             ck = _read_ckpt(p, map_location)
         except CheckpointError as e:
             errors.append(str(e))
+            failed.append(p)
             warnings.warn(f"{e}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=3)
             continue
-        return ck, p
+        return ck, p, failed
     if errors:
         raise CheckpointError("no readable checkpoint in " + str(out) + ":\n  " + "\n  ".join(errors))
     return None
@@ -557,14 +749,16 @@ def load_checkpoint(path_or_dir, *, map_location="cpu") -> tuple[nets.VAEModel, 
     """``(model, config, step)`` from a checkpoint file or a run folder (its newest readable checkpoint).
 
     The model is in eval mode (BatchNorm uses its running statistics). Loading never executes code
-    (``weights_only=True``); an unreadable file raises :class:`CheckpointError` naming it.
+    (``weights_only=True``) and verifies the checkpoint's SHA-256 digest (files of format /1, written
+    before digests existed, load unverified); an unreadable or corrupted file raises
+    :class:`CheckpointError` naming it.
     """
     p = Path(path_or_dir)
     if p.is_dir():
         got = _load_newest(p, map_location)
         if got is None:
             raise FileNotFoundError(f"path_or_dir: no checkpoint (ckpt-*.pt) in {p}")
-        ck, p = got
+        ck, p, _ = got
     elif not p.is_file():
         raise FileNotFoundError(f"path_or_dir: {p} does not exist")
     else:
@@ -585,23 +779,29 @@ def slim_checkpoint(out_dir) -> Path:
     ``steps``) is refused, since the optimiser state is gone. Returns the checkpoint's path.
     """
     out = Path(out_dir)
-    got = _load_newest(out)
-    if got is None:
+    if not (out / "config.json").exists() and not _ckpt_files(out):
         raise FileNotFoundError(f"out_dir: no checkpoint (ckpt-*.pt) in {out}")
-    ck, path = got
-    if ck["optimizer"] is not None:
-        ck["optimizer"] = None
-        buf = io.BytesIO()
-        torch.save(ck, buf)
-        _atomic_write_bytes(path, buf.getvalue())
-    for old in _ckpt_files(out):
-        if old != path:
-            old.unlink(missing_ok=True)
+    with FolderLock(out / LOCK_NAME, what="run folder"):
+        got = _load_newest(out)
+        if got is None:
+            raise FileNotFoundError(f"out_dir: no checkpoint (ckpt-*.pt) in {out}")
+        ck, path, _ = got
+        if ck["optimizer"] is not None or ck["format"] != CKPT_FORMAT:
+            ck["optimizer"] = None
+            ck["format"] = CKPT_FORMAT
+            ck["sha256"] = payload_digest(ck)
+            buf = io.BytesIO()
+            torch.save(ck, buf)
+            _atomic_write_bytes(path, buf.getvalue())
+        for old in _ckpt_files(out):
+            if old != path:
+                old.unlink(missing_ok=True)
     return path
 
 
 def _save_ckpt(out: Path, step: int, payload: dict, keep: int) -> Path:
     path = out / f"ckpt-{step:08d}.pt"
+    payload["sha256"] = payload_digest(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     _atomic_write_bytes(path, buf.getvalue())
@@ -684,7 +884,7 @@ def _evaluate(model: nets.VAEModel, held: Tensor, cfg: TrainConfig, obs, device:
     was_training = model.training
     model.eval()
     obj = _Objective(model, cfg, obs, amp)
-    gen = torch.Generator(device=device).manual_seed(_derive_seed("eval", cfg.seed))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("eval", cfg.seed))
     sums: dict[str, float] = {}
     n = 0
     try:
@@ -715,14 +915,15 @@ def _gather(obj):
     return out
 
 
-def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[dict | None, Path | None]:
-    """Validate ``out`` against ``cfg``; return the checkpoint to resume from (None: start fresh). Writes nothing."""
+def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[dict | None, Path | None, list[Path]]:
+    """Validate ``out`` against ``cfg``; return the checkpoint to resume from (None: start fresh) and the
+    checkpoint files that failed verification. Writes nothing."""
     cfg_path = out / "config.json"
     if not resume:
         if _ckpt_files(out) or cfg_path.exists():
             raise FileExistsError(f"out_dir: {out} already holds a run (config.json / checkpoints); pass resume=True "
                                   "(--resume) to continue it or choose another folder")
-        return None, None
+        return None, None, []
     if cfg_path.exists():
         try:
             saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
@@ -737,8 +938,8 @@ def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[d
             )
     got = _load_newest(out)
     if got is None:
-        return None, None
-    ck, ck_path = got
+        return None, None, []
+    ck, ck_path, failed = got
     diff = {k: v for k, v in config_diff(TrainConfig.from_dict(ck["config"]), cfg).items() if k not in EXTENDABLE}
     if diff:
         raise ConfigMismatchError(f"cannot resume from {ck_path}: its config differs in {sorted(diff)}: {diff}")
@@ -750,18 +951,18 @@ def _check_out(out: Path, cfg: TrainConfig, resume: bool, world: int) -> tuple[d
     if int(ck["world_size"]) != world:
         raise ValueError(f"world_size: {ck_path} was written by {ck['world_size']} process(es), this run has {world}; "
                          "resume with the same number of processes (batches and random streams depend on it)")
-    return ck, ck_path
+    return ck, ck_path, failed
 
 
-def _write_out(out: Path, cfg: TrainConfig, ck_path: Path | None) -> None:
-    """Rank 0: create ``out``, remove temp files of killed writes, set aside unreadable newer checkpoints, write config.json."""
+def _write_out(out: Path, cfg: TrainConfig, failed: Sequence[Path]) -> None:
+    """Rank 0: create ``out``, remove temp files of killed writes, set aside the checkpoints that failed
+    verification (renamed ``*.corrupt``, kept as evidence), write config.json."""
     out.mkdir(parents=True, exist_ok=True)
     for p in out.glob(".*.tmp-*"):
         p.unlink(missing_ok=True)
-    if ck_path is not None:
-        for p in _ckpt_files(out):
-            if p.name > ck_path.name:  # newer but unreadable (we fell back past it): keep it out of the way
-                p.rename(p.with_name(p.name + ".corrupt"))
+    for p in failed:
+        if p.exists():
+            p.rename(p.with_name(p.name + ".corrupt"))
     _atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
@@ -778,11 +979,18 @@ def train(
 
     ``resume=True`` continues from the newest readable checkpoint in ``out_dir`` (a run that is
     already complete returns at once; an empty folder starts fresh). ``data_root``: where the data
-    files are (default: the search path of :mod:`gracheck.data`). ``callback(step, metrics, model)``
-    is called after every step (step counts completed steps).
+    files are, the only place looked (default: the search path of :mod:`gracheck.data`).
+    ``progress``: on stderr, a bar on a terminal, else one line per tenth of the run and at least
+    every :data:`PROGRESS_SECONDS` (step, loss, steps/s); False for none. ``callback(step, metrics,
+    model)`` is called after every step (step counts completed steps).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (nccl on CUDA,
     gloo on CPU) unless it already is; only rank 0 writes files.
+
+    Raises :class:`FolderLocked` if another live trainer holds ``out_dir`` (its ``train.lock``),
+    :class:`OutDirError` if ``out_dir`` cannot be created or written, and
+    :class:`TrainingInterrupted` after SIGTERM/SIGINT (the checkpoint of the last finished step
+    written; see the module docstring).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
@@ -797,10 +1005,23 @@ def train(
         dist.init_process_group(backend)
         own_pg = True
         rank, world, local_rank = _dist_info()
+    lock = None
     try:
         device = _resolve_device(cfg.device, local_rank)
         if cfg.batch_size % world:
             raise ValueError(f"batch_size: {cfg.batch_size} is not divisible by the {world} DDP processes")
+        problem = None
+        if rank == 0:
+            try:
+                lock = _lock_out(out)
+            except (FolderLocked, OutDirError) as e:
+                problem = e
+        if world > 1:  # every process learns whether rank 0 got the folder (else the others would wait forever)
+            msg = _gather(None if problem is None else f"{type(problem).__name__}: {problem}")[0]
+            if rank != 0 and msg is not None:
+                raise RuntimeError(f"rank 0 could not take {out}: {msg}")
+        if problem is not None:
+            raise problem
         with _runtime(cfg, device):
             res = _train(cfg, out, resume, progress, data_root, callback, rank, world, device)
         if own_pg:
@@ -811,30 +1032,36 @@ def train(
             dist.barrier()
         return res
     finally:
+        if lock is not None:
+            lock.release()
         if own_pg:
             dist.destroy_process_group()
 
 
 def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, device) -> TrainResult:
-    ck, ck_path = _check_out(out, cfg, resume, world)
+    ck, ck_path, failed = _check_out(out, cfg, resume, world)
+    start = int(ck["step"]) if ck is not None else 0
+    finished = None
+    if ck is not None and start == cfg.steps and (out / "result.json").exists():
+        saved = json.loads((out / "result.json").read_text())
+        finished = saved if saved.get("step") == start else None
+    if finished is None:  # the data before anything is written: a data folder lacking a file leaves OUT as it was
+        train_x, held, data_desc = _load_data(cfg, data_root)
     if world > 1:
         dist.barrier()  # every process checked before rank 0 writes
     if rank == 0:
-        _write_out(out, cfg, ck_path)
+        _write_out(out, cfg, failed)
     if world > 1:
         dist.barrier()
-    start = int(ck["step"]) if ck is not None else 0
-    if ck is not None and start == cfg.steps and (out / "result.json").exists():
-        saved = json.loads((out / "result.json").read_text())
-        if saved.get("step") == start:
-            return TrainResult(**{**saved, "config": cfg, "out_dir": str(out), "resumed_from": start})
+    if finished is not None:
+        return TrainResult(**{**finished, "config": cfg, "out_dir": str(out), "resumed_from": start})
 
     amp = device.type if (cfg.amp and device.type == "cuda") else None
     obs = _make_obs(cfg)
     model = _build(cfg).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator(device=device).manual_seed(_derive_seed("noise", cfg.seed, rank))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("noise", cfg.seed, rank))
     seconds0 = 0.0
     last_train: dict = {}
     last_eval: dict = {}
@@ -845,7 +1072,6 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         seconds0 = float(ck.get("seconds", 0.0))
         last_train, last_eval = dict(ck.get("train_metrics", {})), dict(ck.get("eval_metrics", {}))
 
-    train_x, held, data_desc = _load_data(cfg, data_root)
     on_device = device.type == "cuda"
     if on_device:
         train_x, held = train_x.to(device), held.to(device)
@@ -860,8 +1086,10 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
     eval_fields = ["step", *terms_names, "log_px_at_mean", "seconds"]
     logs = None
     if rank == 0:
-        logs = (_Log(out, "log", train_fields, start if ck is not None else 0),
-                _Log(out, "eval", eval_fields, start if ck is not None else 0))
+        # rows past the checkpoint are dropped; with no checkpoint (killed before the first) every row
+        # is, the step-0 evaluation included, since it is redone
+        keep = start if ck is not None else -1
+        logs = (_Log(out, "log", train_fields, keep), _Log(out, "eval", eval_fields, keep))
 
     def write_ckpt(step: int, seconds: float) -> Path:
         payload_rng = _gather(gen.get_state().cpu())
@@ -885,14 +1113,14 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         logs[1].write({"step": step, **last_eval, "seconds": seconds})
         logs[1].flush()
 
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.model} {cfg.dataset}", dynamic_ncols=True, file=sys.stderr)
+    bar = _StepProgress(cfg, start) if progress and rank == 0 else None
     t_session = time.perf_counter()
     last_ckpt = ck_path
+    # the underlying terms first, the derived objective last: a NaN report names where it started
+    check_order = [*terms_names[1:], terms_names[0]]
+    stop = _StopRequest()
     try:
+        stop.__enter__()
         if start == 0:
             do_eval(0, 0.0)
         for step in range(start, cfg.steps):
@@ -904,14 +1132,19 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
                 terms = loss_mod(x, gen)
                 means = torch.stack([terms[k].detach().float().mean() for k in terms_names])
                 if not bool(torch.isfinite(means).all()):
-                    bad = [k for k, v in zip(terms_names, means.tolist()) if not math.isfinite(v)]
-                    err = _NonFinite(f"term '{bad[0]}'", f"batch mean {means[terms_names.index(bad[0])].item()}")
+                    vals = dict(zip(terms_names, means.tolist()))
+                    bad = next(k for k in check_order if not math.isfinite(vals[k]))
+                    err = _NonFinite(bad, f"batch mean {vals[bad]}" + (
+                        "; its terms are finite, their combination overflows" if bad == "objective" else ""))
             except _NonFinite as e:
                 err = e
+            stop_now = stop.signum is not None
             if world > 1:  # every rank must stop together, or the others hang in the all-reduce
-                flag = torch.tensor([0.0 if err is None else 1.0], device=device)
+                flag = torch.tensor([0.0 if err is None else 1.0, 1.0 if stop_now else 0.0], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() > 0 and err is None:
+                any_err, any_stop = flag.tolist()
+                stop_now = any_stop > 0
+                if any_err > 0 and err is None:
                     err = _NonFinite("a term on another process")
             if err is not None:
                 raise TrainingDiverged(done, err.term, err.detail, str(last_ckpt) if last_ckpt else None)
@@ -939,11 +1172,18 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
                 last_ckpt = write_ckpt(done, seconds)
             if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last_train.items() if k in terms_names}, refresh=False)
-                bar.update(1)
+                bar.update(done, last_train, terms_names)
             if callback is not None:
                 callback(done, dict(last_train), model)
+            if world == 1:
+                stop_now = stop.signum is not None
+            if stop_now:  # finish this step, checkpoint it, and stop
+                if last_ckpt is None or last_ckpt.name != f"ckpt-{done:08d}.pt":
+                    last_ckpt = write_ckpt(done, seconds)
+                signum = stop.signum if stop.signum is not None else signal.SIGTERM
+                raise TrainingInterrupted(int(signum), done, cfg.steps, str(last_ckpt))
     finally:
+        stop.__exit__()
         if bar is not None:
             bar.close()
         if logs is not None:
@@ -989,12 +1229,20 @@ def _arg_parser() -> argparse.ArgumentParser:
         prog="python -m gracheck.train",
         description="Train a β-VAE, GRAE, GRAE≈ or plain autoencoder (Kumar & Poole 2020) with checkpoints and logs.",
         epilog="With --resume, options not given are taken from OUT/config.json; options given must match it "
-               "(except --steps, which may extend the run). Multi-GPU: torchrun --nproc_per_node N -m gracheck.train ...",
+               "(except --steps, which may extend the run). Multi-GPU: torchrun --nproc_per_node N -m gracheck.train ... "
+               "On SIGTERM or Ctrl-C the current step is finished and checkpointed; --resume continues from it. "
+               "Exit codes: 0 done; 1 internal error; 2 bad options, config or data; 3 training diverged; "
+               "4 OUT is in use by another trainer (its pid is printed); 5 OUT cannot be created or written; "
+               "130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint.",
     )
     ap.add_argument("--out", required=True, help="output folder (config, logs, checkpoints)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
-    ap.add_argument("--data-root", default=None, help="data folder (default: $GRACHECK_DATA, ../shared/data, cache)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--data-root", default=None, help="data folder, the only place looked (default: $GRACHECK_DATA "
+                                                       "alone when set, else ../shared/data then the user cache)")
+    ap.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                    help="no progress on stderr (by default a bar on a terminal; elsewhere, e.g. CI logs, pipes or "
+                         "nohup, one line per tenth of the run and at least every minute: step, loss, steps/s); "
+                         "the summary is still printed")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -1024,13 +1272,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.pop("out"))
     resume = args.pop("resume")
     data_root = args.pop("data_root")
-    progress = not args.pop("no_progress")
+    progress = not args.pop("quiet")
     base: dict = {}
     if resume and (out / "config.json").exists():
         base = json.loads((out / "config.json").read_text())
     try:
         cfg = TrainConfig.from_dict({**base, **args})
         result = train(cfg, out, resume=resume, progress=progress, data_root=data_root)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before the loop took the signal over, or a second Ctrl-C during the last step
+        print("gracheck.train: interrupted; nothing after the last checkpoint was kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    except FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except OutDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 5
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, TrainingDiverged) else 3
@@ -1041,5 +1302,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+
+# ---------------------------------------------------------------------------------- public names
+
+
+# What other modules use: benchmarks build models and objectives exactly as the trainer does, and the
+# ensemble trainer (gracheck.ensemble) reuses these pieces so that a model trained inside an ensemble
+# is the model trained alone (same initialisation, data order, random streams, logs and checkpoint
+# files). They are aliases of the private names above.
+build_model = _build
+make_obs = _make_obs
+Objective = _Objective
+BatchStream = _BatchStream
+load_data = _load_data
+evaluate = _evaluate
+RunLog = _Log
+runtime = _runtime
+resolve_device = _resolve_device
+atomic_write_bytes = _atomic_write_bytes
+atomic_write_text = _atomic_write_text
+save_checkpoint = _save_ckpt
+__all__ += ["BatchStream", "RunLog", "atomic_write_bytes", "atomic_write_text", "derive_seed", "evaluate",
+            "build_model", "load_data", "make_obs", "Objective", "resolve_device", "runtime", "save_checkpoint"]
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -869,7 +869,7 @@ def test_compiled_step_equals_eager_step(backend):
 def test_finite_check_fast_path():
     """check_tensor clears a finite tensor with one reduction; a NaN or Inf anywhere is still reported
     with its count, and a finite tensor whose sum overflows still passes."""
-    from gracheck._validate import check_tensor
+    from gracheck.base.validate import check_tensor
 
     big = torch.full((8,), 3e38, dtype=torch.float32)  # finite, but its sum overflows to inf
     assert check_tensor("t", big) is big
@@ -877,3 +877,34 @@ def test_finite_check_fast_path():
         with pytest.raises(ValueError, match=f"t: contains {n} NaN/Inf"):
             check_tensor("t", bad)
     check_tensor("t", torch.zeros(0))
+
+
+def test_declared_chain_takes_the_fixed_schedule():
+    """A decoder declaring jacobian_chain() (gracheck.nets) runs on the fixed schedule on every call:
+    g, J and the parameter gradients of a first call, a later call and a call after a train/eval
+    switch (which rebuilds the plan) are bitwise equal (the trainer's exact resume and the ensemble's
+    bitwise equality rest on this), and they agree with the traced adaptive schedule of the same
+    layers as an nn.Sequential, in both of its modes."""
+    from gracheck.nets import MLPDecoder
+
+    torch.manual_seed(61)
+    dec = MLPDecoder(4, 20, hidden=(16, 16)).double().train()
+    z = torch.randn(5, 4, generator=_gen(62), dtype=DT)
+    runs = []
+    for i in range(3):
+        if i == 2:
+            dec.eval().train()
+        g, J = gc.decoder_jacobian(dec, z, return_output=True)
+        grads = torch.autograd.grad(_loss(g, J), list(dec.parameters()))
+        assert chain.chain_plan(dec, z)[0].last_mode == "fixed"
+        runs.append((g, J, grads))
+    for g, J, grads in runs[1:]:
+        assert torch.equal(g, runs[0][0]) and torch.equal(J, runs[0][1])
+        assert all(torch.equal(a, b) for a, b in zip(grads, runs[0][2]))
+    seq = nn.Sequential(*dec.jacobian_chain())
+    assert gc.jacobian_route(seq).plan == "torch.fx trace of its forward"
+    for _ in range(2):  # sliced, then lockstep
+        g, J = gc.decoder_jacobian(seq, z, return_output=True)
+        torch.testing.assert_close(J, runs[0][1], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(g, runs[0][0], rtol=1e-12, atol=1e-14)
+    assert chain.chain_plan(seq, z)[0].last_mode == "lockstep"

@@ -59,6 +59,44 @@ def test_bernoulli_log_prob_and_hessian_vs_autograd(logits):
         torch.testing.assert_close(obs.hess_diag(x, g), -1 / (1 - x - g) ** 2, rtol=1e-12, atol=0)
 
 
+def _bernoulli_logit_log_prob_mp(x, ell, digits=50):
+    """Reference: Σᵢ xᵢ log σ(ℓᵢ) + (1 − xᵢ) log σ(−ℓᵢ) at ``digits`` significant digits (mpmath),
+    with log σ(t) = −log(1 + e^{−t}); x and ℓ are read exactly from their float64 values."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        total = mpmath.mpf(0)
+        for xi, li in zip(x.tolist(), ell.tolist()):
+            xi, li = mpmath.mpf(xi), mpmath.mpf(li)
+            total += -xi * mpmath.log1p(mpmath.exp(-li)) - (1 - xi) * mpmath.log1p(mpmath.exp(li))
+        return float(total)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_bernoulli_logit_log_prob_exact_at_large_logits(sign):
+    """Issue 13 "Also": log p = xℓ − softplus(ℓ) with torch's softplus threshold (20) drops
+    log1p(e^−|ℓ|) for ℓ > 20, and xℓ − softplus(ℓ) cancels for x = 1, ℓ ≫ 1. Compared with a
+    50-digit mpmath evaluation on both sides (ℓ → ±∞), with binary and fractional x. Tolerance
+    ``bernoulli-logit-exact`` in the tolerance table (a sum of ≤ 6 same-signed float64 terms)."""
+    from gracheck.base.tolerances import tol
+
+    t = tol("bernoulli-logit-exact")
+    ell = sign * torch.tensor([[20.5, 24.0, 27.0, 31.0, 35.0, 40.0], [50.0, 100.0, 200.0, 400.0, 600.0, 700.0]], dtype=DT)
+    for x in (torch.ones(2, 6, dtype=DT), torch.zeros(2, 6, dtype=DT), torch.full((2, 6), 0.3, dtype=DT),
+              torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.25, 1.0]] * 2, dtype=DT)):
+        got = gc.BernoulliObs(logits=True).log_prob(x, ell)
+        for b in range(2):
+            ref = _bernoulli_logit_log_prob_mp(x[b], ell[b])
+            assert abs(float(got[b]) - ref) <= t.atol + t.rtol * abs(ref), (x[b].tolist(), ell[b].tolist(), float(got[b]), ref)
+    # the gradient and Hessian in ℓ stay exact too: x − σ(ℓ) and −σ(ℓ)σ(−ℓ), which underflow only past |ℓ| ≈ 745
+    x = torch.ones(1, 6, dtype=DT) if sign > 0 else torch.zeros(1, 6, dtype=DT)
+    ell = sign * torch.tensor([[20.5, 24.0, 27.0, 31.0, 35.0, 40.0]], dtype=DT)
+    obs = gc.BernoulliObs(logits=True)
+    exact = torch.exp(-ell.abs())  # σ(−|ℓ|) = e^{−|ℓ|}/(1 + e^{−|ℓ|}) = e^{−|ℓ|}(1 − O(e^{−20}))
+    torch.testing.assert_close(obs.grad(x, ell).abs(), exact, rtol=1e-8, atol=0)
+    torch.testing.assert_close(-obs.hess_diag(x, ell), exact, rtol=1e-8, atol=0)
+
+
 def test_observation_bad_input():
     with pytest.raises(ValueError, match="variance"):
         gc.GaussianObs(0.0)
@@ -520,7 +558,7 @@ def test_objectives_agree_across_engine_routes():
     dec = _mlp(d=3, D=7, act=nn.ELU, bn=True).eval()
     mean = torch.randn(5, 3, generator=_gen(56), dtype=DT)
     cov = torch.diag_embed(torch.rand(5, 3, generator=_gen(57), dtype=DT) + 0.1)
-    cols = torch.randint(0, 3, (5, 2), generator=_gen(58))
+    cols = torch.rand(5, 3, generator=_gen(58), dtype=DT).argsort(1)[:, :2]  # two distinct columns per row
     for obs, x in [(gc.GaussianObs(0.5), torch.randn(5, 7, generator=_gen(59), dtype=DT)),
                    (gc.BernoulliObs(logits=True), torch.rand(5, 7, generator=_gen(60), dtype=DT))]:
         calls = [
@@ -582,6 +620,103 @@ def test_model_level_bad_input():
         gc.grae_approx_objective(x, dec, torch.zeros(2, 3, dtype=DT), 0.1, gc.GaussianObs(), k=4)
     with pytest.raises(ValueError, match="mean: contains"):
         gc.grae_objective(x, dec, torch.full((2, 3), float("nan"), dtype=DT), 1.0, gc.GaussianObs())
+
+
+def _objective_calls(x, dec, mean, L, obs, beta=0.5, columns=None):
+    """The five model-level objectives on one set of inputs."""
+    cov = L @ L.mT
+    return {
+        "beta_vae_objective": lambda: gc.beta_vae_objective(x, dec, mean, L, beta, obs, generator=_gen(0)),
+        "taylor_objective": lambda: gc.taylor_objective(x, dec, mean, cov, beta, obs),
+        "grae_objective": lambda: gc.grae_objective(x, dec, mean, beta, obs),
+        "grae_approx_objective": lambda: gc.grae_approx_objective(x, dec, mean, beta, obs, generator=_gen(0), columns=columns),
+        "orthogonality_penalty": lambda: gc.orthogonality_penalty(dec, mean, _gen(0)),
+    }
+
+
+def test_symmetric_non_triangular_scale_tril_is_refused():
+    """Issue 17 item 6: scale_tril [[1, 2], [2, 1]] was read as its lower triangle for the KL (4.0)
+    but used whole for sampling; the KL of LLᵀ = [[5, 4], [4, 5]] is 2.90. Now a ValueError."""
+    L = torch.tensor([[[1.0, 2.0], [2.0, 1.0]]], dtype=DT)
+    dec = _mlp(d=2, D=7)
+    x, mean = torch.zeros(1, 7, dtype=DT), torch.zeros(1, 2, dtype=DT)
+    with pytest.raises(ValueError, match="scale_tril: must be lower-triangular"):
+        gc.beta_vae_objective(x, dec, mean, L, 1.0, gc.GaussianObs(), return_terms=True)
+    with pytest.raises(ValueError, match="scale_tril: must be lower-triangular"):
+        gc.GaussianPosterior(mean, L)
+    # the triangular factor of the same covariance gives the KL of LLᵀ
+    Lc = torch.linalg.cholesky(L @ L.mT)
+    kl = gc.beta_vae_objective(x, dec, mean, Lc, 1.0, gc.GaussianObs(), generator=_gen(0), return_terms=True)["kl"]
+    torch.testing.assert_close(kl, gc.gaussian_kl(mean, L @ L.mT), rtol=1e-12, atol=1e-12)
+    assert abs(float(kl) - (4 - math.log(3))) < 1e-12  # ½(tr − d − log det) = ½(10 − 2 − log 9)
+
+
+def test_duplicate_columns_are_refused():
+    """grae_approx_objective's docstring says S is k *distinct* columns; duplicates (which bias the
+    estimator of Eq. 14) were accepted. jacobian_columns itself allows repeats; the objective does not."""
+    dec = _mlp(d=3)
+    x, mean = torch.randn(3, 7, generator=_gen(61), dtype=DT), torch.randn(3, 3, generator=_gen(62), dtype=DT)
+    with pytest.raises(ValueError, match=r"columns: row 1 repeats a column \(\[1, 1\]\)"):
+        gc.grae_approx_objective(x, dec, mean, 0.5, gc.GaussianObs(), columns=torch.tensor([[0, 2], [1, 1], [0, 1]]))
+    ok = gc.grae_approx_objective(x, dec, mean, 0.5, gc.GaussianObs(), columns=torch.tensor([[0, 2], [2, 1], [0, 1]]))
+    assert ok.shape == (3,)
+
+
+def test_model_level_beta_shape_must_match_the_batch():
+    dec = _mlp(d=3)
+    x, mean = torch.randn(3, 7, generator=_gen(63), dtype=DT), torch.randn(3, 3, generator=_gen(64), dtype=DT)
+    L = torch.eye(3, dtype=DT).expand(3, 3, 3)
+    for name, call in _objective_calls(x, dec, mean, L, gc.GaussianObs(), beta=torch.full((3, 1), 0.5, dtype=DT)).items():
+        if name == "orthogonality_penalty":
+            continue
+        with pytest.raises(ValueError, match=r"beta: shape \(3, 1\) .* batch shape \(3,\)"):
+            call()
+    per_example = torch.tensor([0.1, 0.5, 2.0], dtype=DT)
+    got = gc.grae_objective(x, dec, mean, per_example, gc.GaussianObs())
+    ref = torch.stack([gc.grae_objective(x[i:i + 1], dec, mean[i:i + 1], float(per_example[i]), gc.GaussianObs())[0]
+                       for i in range(3)])
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_model_level_unclear_inputs_get_named_errors():
+    """Issue 17 item 7: B = 0, obs=None (or the class instead of an instance), float32/float64 mixtures
+    between mean, scale_tril/cov and the decoder, and half precision each get an error naming the argument."""
+    dec = _mlp(d=3)
+    x, mean = torch.randn(3, 7, generator=_gen(65), dtype=DT), torch.randn(3, 3, generator=_gen(66), dtype=DT)
+    L = torch.eye(3, dtype=DT).expand(3, 3, 3).clone()
+    obs = gc.GaussianObs()
+    for name, call in _objective_calls(x[:0], dec, mean[:0], L[:0], obs).items():
+        with pytest.raises(ValueError, match=r"mean: empty batch \(B = 0\)"):
+            call()
+    assert gc.GaussianObs().log_prob(x[:0], x[:0]).shape == (0,)  # the observation models: empty in, empty out
+    assert gc.BernoulliObs(logits=True).hess_diag(x[:0].sigmoid(), x[:0]).shape == (0, 7)
+    for bad, what in ((None, "None"), (gc.GaussianObs, "the class GaussianObs"), ("gaussian", "'gaussian'")):
+        for name, call in _objective_calls(x, dec, mean, L, bad).items():
+            if name == "orthogonality_penalty":
+                continue
+            with pytest.raises(TypeError, match=f"obs: expected an observation model.*got {what}"):
+                call()
+    # mean float64, scale_tril / cov float32
+    with pytest.raises(TypeError, match="scale_tril: dtype torch.float32 differs from mean's torch.float64"):
+        gc.beta_vae_objective(x, dec, mean, L.float(), 0.5, obs, generator=_gen(0))
+    with pytest.raises(TypeError, match="cov: dtype torch.float32 differs from mean's torch.float64"):
+        gc.taylor_objective(x, dec, mean, L.float(), 0.5, obs)
+    # a float64 decoder fed a float32 mean, and a decoder returning float64 for a float32 mean
+    for name, call in _objective_calls(x.float(), dec, mean.float(), L.float(), obs).items():
+        with pytest.raises(TypeError, match="decoder: its parameters are torch.float64 but mean is torch.float32"):
+            call()
+    dec32 = _mlp(d=3).float()
+    for name, call in _objective_calls(x.float(), lambda z: dec32(z).double(), mean.float(), L.float(), obs).items():
+        with pytest.raises(TypeError, match="decoder: returned torch.float64 for a torch.float32 mean"):
+            call()
+    for dtype in (torch.float16, torch.bfloat16):
+        for name, call in _objective_calls(x.to(dtype), dec.to(dtype), mean.to(dtype), L.to(dtype), obs).items():
+            with pytest.raises(TypeError, match="is not supported.*float32 or float64"):
+                call()
+        with pytest.raises(TypeError, match="is not supported.*float32 or float64"):
+            obs.log_prob(x.to(dtype), x.to(dtype))
+    with pytest.raises(TypeError, match="decoder: expected a callable"):
+        gc.grae_objective(x, None, mean, 0.5, obs)
 
 
 # ------------------------------------------------- chain route, property-based

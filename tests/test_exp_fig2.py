@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gracheck import optimal_covariance
-from gracheck.autodiff import decoder_jacobian, jtj
+from gracheck.autodiff import decoder_jacobian
+from gracheck.objectives import gauss_newton_curvature
 from gracheck.experiments import fig2_precision as f
 from gracheck.posteriors import block_mask, block_sizes, scale_tril_from_params
 
@@ -147,11 +148,11 @@ def test_statistic_on_real_jacobians_of_a_decoder():
         W[4 * k : 4 * k + 4, s : s + b] = torch.randn(4, b, generator=g, dtype=F64)
     dec = lambda z: torch.tanh(z @ W.T)  # noqa: E731
     z = torch.randn(10, d, generator=g, dtype=F64)
-    M = jtj(decoder_jacobian(dec, z))
+    M = gauss_newton_curvature(decoder_jacobian(dec, z))
     assert float(f.off_block_energy_fraction(M, b).max()) < 1e-14
     # a random rotation of z mixes the blocks: the fraction moves towards chance
     Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
-    Mr = jtj(decoder_jacobian(lambda z: dec(z @ Q.T), z))
+    Mr = gauss_newton_curvature(decoder_jacobian(lambda z: dec(z @ Q.T), z))
     assert float(f.off_block_energy_fraction(Mr, b).median()) > 0.3
 
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from gracheck.base.stats import wilson_interval
+from gracheck.base.verdicts import equivalence
 from gracheck.experiments import grae_approx_training as g
 from gracheck.experiments._common import ExperimentResult, config_dict
 from gracheck.fid import frechet_distance_from_features
@@ -185,10 +187,10 @@ def test_fd_ratio_bootstrap_same_and_shifted():
     assert out["fd_a"][0] == pytest.approx(frechet_distance_from_features(a, ref), rel=1e-12)
     # population FD = ‖0.5·1‖² = 1.5 for both; the ratio's CI contains 1 and lies in the 1.5 band
     assert out["ratio"][1] <= 1.0 <= out["ratio"][2]
-    assert g.within_band(out["ratio"][1:], 1 / 1.5, 1.5)
+    assert equivalence(out["ratio"][1:], 1 / 1.5, 1.5, what="ratio").verified
     far = g.fd_ratio_bootstrap(a, b_far, ref, B=100, level=0.95, rng=np.random.default_rng(2))
     # population ratio 13.5 / 1.5 = 9
-    assert far["ratio"][1] > 5 and not g.within_band(far["ratio"][1:], 1 / 1.5, 1.5)
+    assert far["ratio"][1] > 5 and not equivalence(far["ratio"][1:], 1 / 1.5, 1.5, what="ratio").verified
     for k in ("fd_a", "fd_b", "ratio"):
         v, lo, hi = far[k]
         assert lo <= v <= hi or abs(v - lo) < 1e-9
@@ -201,14 +203,14 @@ def test_fd_ratio_rejects_bad_input():
 
 
 def test_within_band_and_wilson():
-    assert g.within_band((0.9, 1.2), 1 / 1.5, 1.5)
-    assert not g.within_band((0.6, 1.2), 1 / 1.5, 1.5)
-    assert not g.within_band((0.9, math.inf), 1 / 1.5, 1.5)
-    lo, hi = g.wilson_interval(5, 10, 0.95)
+    assert equivalence((0.9, 1.2), 1 / 1.5, 1.5, what="r").verified
+    assert not equivalence((0.6, 1.2), 1 / 1.5, 1.5, what="r").verified
+    assert not equivalence((0.9, math.inf), 1 / 1.5, 1.5, what="r").verified
+    lo, hi = wilson_interval(5, 10, 0.95)
     # textbook value for 5/10 at 95 %: (0.2366, 0.7634)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
     with pytest.raises(ValueError, match="k, n"):
-        g.wilson_interval(11, 10)
+        wilson_interval(11, 10)
 
 
 def test_train_configs_differ_only_in_the_model():

@@ -208,3 +208,107 @@ def test_every_method_runs_the_candidate():
         for m in claim.methods:
             res = claim.check(m, candidate=wrong, seed=0)
             assert any(not r.passed for r in res), f"{cid}[{m}] ignores the candidate"
+
+
+# ---------------------------------------------------------------- routes of non-candidate checks (issue 13)
+#
+# Four checks used to compare a formula with itself, so a wrong formula in the part they were meant to test could not
+# fail them. Each now computes that part by a route of its own, read through a module-level function; a mutant replaces
+# that function with a plausible wrong formula and the check must fail. Before the change none of these could be caught:
+# * erratum-sec5.3-frobenius-order: "the unhalved form is 2×" was 2·(corrected − first), twice the residual already
+#   tested, so no value of the unhalved form entered the check;
+# * erratum-appB-eq15-jacobian[montecarlo]: the "corrected line 3" estimate sampled f(r(z)), z ~ q, i.e. line 2, so the
+#   line-3 weight q(r⁻¹(z'))|det J_(r⁻¹)(z')| was never evaluated;
+# * sec5.2-pullback-metric[autograd]: Σ came from optimal_covariance(−JᵀJ, β), for which β(Σ⁻¹ − I) = JᵀJ holds by
+#   construction, so Eq. 7 (whose maximiser the claim is about) was never evaluated;
+# * eq6-piecewise-linear-exact[autograd]: torch differentiates ReLU's derivative as 0, so a decoder that is smooth but
+#   whose AD second derivative is 0 agreed with Eq. 6 by the AD rule (shown in the test itself).
+
+
+def _half_unhalved_sym(J, w):
+    import sympy as sp
+
+    return sp.expand((J.T * sp.diag(*w) * J).trace()) / 2  # claims the unhalved reading *is* the first-order term
+
+
+def _half_unhalved_torch(J, hess_diag):
+    return torch.einsum("ki,k,ki->", J, -hess_diag, J) / 2
+
+
+def _line3_wrong_direction(case, zp):
+    from gracheck.theory import sec3_uniqueness as s3
+
+    _, r, r_inv, *_ = case
+    qm, qs = case[6], case[7]
+    return s3.gaussian_diag_log_prob(r_inv(zp), qm, qs) + s3.log_abs_det_jacobian(r, zp)  # |det J_r(z')|, not J_(r⁻¹)
+
+
+def _line3_no_jacobian(case, zp):
+    from gracheck.theory import sec3_uniqueness as s3
+
+    _, _, r_inv, *_ = case
+    return s3.gaussian_diag_log_prob(r_inv(zp), case[6], case[7])  # the printed line 3
+
+
+def _eq7_kl_weight_beta(JtJ, Sigma, beta):
+    from gracheck.theory.routes import eq8_cov_terms
+
+    return eq8_cov_terms(-JtJ, Sigma, 2 * beta)  # β·KL instead of β/2·(tr Σ − log|Σ| − d)
+
+
+def _eq7_without_half(JtJ, Sigma, beta):
+    from gracheck.theory.routes import eq8_cov_terms
+
+    return eq8_cov_terms(-2 * JtJ, Sigma, beta)  # tr(JᵀH_pJΣ) without its ½
+
+
+def _smooth_act_with_zero_ad_curvature(t):
+    """t + t²/10 (smooth, not piecewise linear) written so that AD's first derivative is right (1 + t/5) and its second is 0."""
+    return t + 0.2 * t * t.detach() - 0.1 * t.detach() ** 2
+
+
+ROUTE_MUTANTS = {
+    "unhalved-form-is-the-first-order-term[symbolic]": (
+        "erratum-sec5.3-frobenius-order", "symbolic", "gracheck.theory.sec5_grae", "_unhalved_frobenius_sym", _half_unhalved_sym),
+    "unhalved-form-is-the-first-order-term[autograd]": (
+        "erratum-sec5.3-frobenius-order", "autograd", "gracheck.theory.sec5_grae", "_unhalved_frobenius_torch", _half_unhalved_torch),
+    "line3-jacobian-of-r-instead-of-r-inverse": (
+        "erratum-appB-eq15-jacobian", "montecarlo", "gracheck.theory.sec3_uniqueness", "_line3_log_weight", _line3_wrong_direction),
+    "line3-without-jacobian": (
+        "erratum-appB-eq15-jacobian", "montecarlo", "gracheck.theory.sec3_uniqueness", "_line3_log_weight", _line3_no_jacobian),
+    "eq7-kl-weighted-beta": (
+        "sec5.2-pullback-metric", "autograd", "gracheck.theory.sec5_grae", "_sec52_cov_objective", _eq7_kl_weight_beta),
+    "eq7-trace-without-half": (
+        "sec5.2-pullback-metric", "autograd", "gracheck.theory.sec5_grae", "_sec52_cov_objective", _eq7_without_half),
+}
+
+
+@pytest.mark.parametrize("name", list(ROUTE_MUTANTS))
+def test_route_mutant_is_caught(name, monkeypatch):
+    import importlib
+
+    claim_id, method, module, attr, mutant = ROUTE_MUTANTS[name]
+    monkeypatch.setattr(importlib.import_module(module), attr, mutant)
+    results = get(claim_id).check(method, seed=0)
+    assert any(not r.passed for r in results), f"route mutant {name!r} of {claim_id}[{method}] passed every check"
+
+
+def test_relu_ad_rule_mutant_is_caught(monkeypatch):
+    """A 'ReLU' that is really t + t²/10 with zero AD curvature: the AD Hessian agrees with JᵀH_pJ (the old route is
+    blind to it, checked here), the finite-difference route of eq6-piecewise-linear-exact[autograd] is not."""
+    from gracheck.theory import routes as _sec457
+    from gracheck.theory import strategies as S
+    from gracheck.likelihoods import GaussianObs
+
+    monkeypatch.setitem(_sec457.ACTS, "relu", _smooth_act_with_zero_ad_curvature)
+    gen = S.generator(0)
+    net = _sec457.MLP(gen, 3, 6, hidden=16, act="relu", scale=2.0)
+    z, obs = S.normal(gen, 3), GaussianObs(0.7)
+    x = net(z) + S.normal(gen, 6)
+    f = lambda zz: obs.log_prob(x[None], net(zz)[None])[0]  # noqa: E731
+    J = torch.func.jacrev(net)(z)
+    gn = J.T @ torch.func.hessian(lambda gg: obs.log_prob(x[None], gg[None])[0])(net(z)) @ J
+    assert torch.allclose(torch.func.hessian(f)(z), gn, rtol=1e-12, atol=1e-12)  # the AD rule hides the curvature
+    results = get("eq6-piecewise-linear-exact").check("autograd", seed=0)
+    caught = [r for r in results if not r.passed]
+    assert caught and all("central differences" in r.detail for r in caught), [r.detail[:80] for r in caught]

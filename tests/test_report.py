@@ -19,8 +19,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gracheck.claims import _registry
-from gracheck.claims._registry import CheckSkipped, claim, compare, result
+from gracheck import claims as _registry
+from gracheck.base import verdicts
+from gracheck.base.evidence import CheckSkipped, claim, compare, decided, result
 from gracheck.experiments import _common
 from gracheck.report import build_report, main, schema_path
 from gracheck.report._run import worst_error
@@ -85,7 +86,10 @@ def _fake_check(res):
 
 def _fake_experiment_module() -> types.ModuleType:
     mod = types.ModuleType(FAKE_EXP_MODULE)
-    mod.CLAIM_ID = "test-fake-experiment"
+    mod.CLAIM = _common.experiment_claim(FAKE_EXP_MODULE, id="test-fake-experiment", source="Fig. T3",
+                                         statement="A fake experiment with a figure.", title="Fake figure T3",
+                                         shows="A curve of the fake experiment.")
+    mod.CLAIM_ID = mod.CLAIM.id
     mod.Config = _FakeConfig
     mod.CONFIGS = {"smoke": _FakeConfig(3), "paper": _FakeConfig(40)}
     mod.run = _fake_run
@@ -105,7 +109,7 @@ def fakes(monkeypatch, tmp_path):
     made = []
 
     def reg(cid, **kw):
-        c = claim(cid, **kw)
+        c = _registry.register(claim(cid, **kw))
         made.append(cid)
         return c
 
@@ -149,7 +153,7 @@ def fakes(monkeypatch, tmp_path):
         raise RuntimeError("boom in the check")
 
     c = reg("test-fake-candidate", source="Eq. T4", statement="square(x) = x².", kind="derivation",
-            takes_candidate=True)
+            takes_candidate=True, candidate_signature="candidate(x) -> x²")
 
     @c.method("autograd")
     def _(*, seed, candidate):
@@ -179,17 +183,28 @@ def fakes(monkeypatch, tmp_path):
         return result("test-fake-refuted", "empirical", passed=False, measured=0.8, expected=0.5, abs_err=0.3,
                       atol=0.1, detail=f"slope 0.8 above 0.5 at {scale} scale", seed=seed)
 
-    c = reg("test-fake-experiment", source="Fig. T3", statement="A fake experiment with a figure.",
+    c = reg("test-fake-inconclusive", source="Fig. T4", statement="A trend whose CI straddles zero here.",
             kind="empirical")
-    monkeypatch.setitem(_common.EXPERIMENT_MODULES, "test-fake-experiment", FAKE_EXP_MODULE)
-    monkeypatch.setitem(sys.modules, FAKE_EXP_MODULE, _fake_experiment_module())
-    from gracheck.claims.empirical import _make_check
 
-    c.method("empirical")(_make_check("test-fake-experiment"))
+    @c.method("empirical")
+    def _(*, seed, candidate, **kw):
+        tight = result("test-fake-inconclusive", "empirical", passed=True, measured=1.0, expected=1.0, abs_err=2e-13,
+                       atol=1e-8, detail="an algebra identity that holds to 2e-13", seed=seed, outcome="verified",
+                       reason="identity: value 2e-13 ≤ 1e-08, on the claimed side")
+        d = verdicts.one_sided((-0.028, 0.054), 0.0, claimed="above", what="slope of the gap vs β")
+        trend = decided("test-fake-inconclusive", d, measured={"slope": 0.013, "ci": [-0.028, 0.054]},
+                        expected="CI entirely > 0", abs_err=-0.028, atol=0.0, sense="exceeds", seed=seed,
+                        detail="slope 0.013 (95% CI -0.028 to 0.054)", note="About 4,000 points would decide it.")
+        return [tight, trend]
+
+    fake = _fake_experiment_module()
+    monkeypatch.setitem(sys.modules, FAKE_EXP_MODULE, fake)
+    _registry.register(fake.CLAIM)
+    made.append(fake.CLAIM.id)
 
     yield made
     for cid in made:
-        _registry._REGISTRY.pop(cid, None)
+        _registry.unregister(cid)
 
 
 def _validate(path: Path) -> dict:
@@ -217,7 +232,8 @@ def test_passing_selection_validates_and_exits_0(fakes, tmp_path):
     assert c["test-fake-erratum"]["status"] == "erratum-confirmed"
     assert c["test-fake-skip"]["status"] == "skipped"
     assert "absent" in c["test-fake-skip"]["reason"]
-    assert doc["counts"] == {"verified": 1, "erratum-confirmed": 1, "refuted": 0, "failed": 0, "skipped": 1}
+    assert doc["counts"] == {"verified": 1, "erratum-confirmed": 1, "refuted": 0, "inconclusive": 0, "failed": 0,
+                             "skipped": 1}
     assert doc["scale"] == "smoke" and doc["seed"] == 0
     for key in ("python", "torch", "numpy", "scipy", "sympy", "device_name", "threads", "git_commit"):
         assert key in doc["environment"]
@@ -239,9 +255,10 @@ def test_failing_derivation_exits_1(fakes, tmp_path):
     assert "## Failures" in md and "test-fake-fail" in md.split("## Summary")[0]
 
 
-def test_erroring_check_is_failed_with_traceback_and_exit_1(fakes, tmp_path):
+def test_erroring_check_is_failed_with_traceback_and_exit_3(fakes, tmp_path):
+    """A check that raises is an internal error: exit code 3, not 1 (which means "a claim failed")."""
     res = build_report(tmp_path / "rep", only=["test-fake-error"], device="cpu", results_dir=None)
-    assert res.exit_code == 1
+    assert res.exit_code == 3
     c = _by_id(_validate(res.results_path))["test-fake-error"]
     assert c["status"] == "failed" and c["errored"]
     assert "RuntimeError: boom in the check" in c["reason"] and "test_report.py" in c["reason"]
@@ -333,13 +350,13 @@ def test_experiment_section_with_numbers_figures_and_progress(fakes, tmp_path):
     assert any("loaded from cache" in n for n in e2["notes"])
 
 
-def test_crashing_experiment_is_failed_and_exits_1(fakes, tmp_path, monkeypatch):
+def test_crashing_experiment_is_failed_and_exits_3(fakes, tmp_path, monkeypatch):
     def crash(config, **kw):
         raise FloatingPointError("loss became NaN at step 3")
 
     monkeypatch.setattr(sys.modules[FAKE_EXP_MODULE], "run", crash)
     res = build_report(tmp_path / "rep", only=["test-fake-experiment"], device="cpu", results_dir=None)
-    assert res.exit_code == 1
+    assert res.exit_code == 3
     doc = _validate(res.results_path)
     c = _by_id(doc)["test-fake-experiment"]
     assert c["status"] == "failed" and c["errored"] and "loss became NaN" in c["reason"]
@@ -352,7 +369,7 @@ def test_terminal_progress_overwrites_the_running_line():
     from gracheck.report._run import _TerminalSink
 
     buf = io.StringIO()
-    sink = _TerminalSink(buf)
+    sink = _TerminalSink(buf, live=True)
     sink.begin("[1/2] a ... running symbolic")
     sink("[1/2] a ... verified (0.1 s, total 0.1 s)")
     sink("[2/2] b ... skipped (0.0 s, total 0.1 s)")
@@ -428,7 +445,7 @@ def test_html_is_self_contained(fakes, tmp_path):
     errata = text.split('id="errata"')[1].split('id="figures"')[0]
     assert "2 + 2 = 5" in errata and "2 + 2 = 4." in errata and "counterexample: 2 + 2 evaluates" in errata
     # Every paper figure has its section, with the reason when it did not run.
-    for cid in _common.EXPERIMENT_MODULES:
+    for cid in (c.id for c in _registry.registry() if c.kind == "empirical" and c.figure is not None):
         if cid != "test-fake-experiment":
             assert f'id="fig-{cid}"' in text
     assert "not run here: not selected (--only)" in text
@@ -451,7 +468,7 @@ def test_cli_exit_codes_and_summary(fakes, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["--out", str(out), "--only", "test-fake-pass", "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "1 claim: 1 verified, 0 erratum-confirmed, 0 refuted, 0 failed, 0 skipped" in printed
+    assert "1 claim: 1 verified, 0 erratum-confirmed, 0 refuted, 0 inconclusive, 0 failed, 0 skipped" in printed
     assert str(out / "report.html") in printed
     assert main(["--out", str(out), "--only", "test-fake-fail", "--device", "cpu"]) == 1
     assert main(["--out", str(out), "--only", "test-fake-pas"]) == 2
@@ -469,6 +486,51 @@ def test_cli_exit_codes_and_summary(fakes, tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert main(["--out", str(tmp_path / "afile"), "--only", "test-fake-pass", "--device", "cpu"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+_CLAIM_LINE = r"\[(\d+)/(\d+)\] (\S+) \.\.\. (verified|erratum-confirmed|refuted|inconclusive|failed|skipped) " \
+              r"\(\d+\.\d s, total \d+\.\d s\)"
+
+
+def test_cli_progress_on_a_pipe_one_line_per_claim(tmp_path):
+    """Issue 18 item 5: with stderr not a terminal (CI logs, pipes, nohup) the report printed nothing for
+    minutes. Now each claim gets one flushed line as it finishes (index, id, status, seconds), with no
+    terminal control characters; --quiet prints none."""
+    ids = ["erratum-sec7-fid-beta-qualifier", "sec5.1-observation-hessians"]
+    known = {c.id for c in _registry.registry()}
+    if not set(ids) <= known:
+        pytest.skip(f"{ids} are not registered")
+    env = {**__import__("os").environ, "GRACHECK_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "gracheck.report", "--out", str(tmp_path / "r"), "--only", *ids,
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "\033" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    got = [re.fullmatch(_CLAIM_LINE, ln) for ln in lines]
+    assert all(got) and len(got) == 2, lines
+    order = [c.id for c in _registry.registry() if c.id in ids]  # the report runs claims in registry order
+    status = {"erratum-sec7-fid-beta-qualifier": "erratum-confirmed", "sec5.1-observation-hessians": "verified"}
+    assert [(m.group(1), m.group(2), m.group(3), m.group(4)) for m in got] == [
+        (str(i), "2", cid, status[cid]) for i, cid in enumerate(order, 1)]
+    assert "2 claims: 1 verified, 1 erratum-confirmed" in proc.stdout
+
+
+def test_cli_progress_off_a_terminal_and_quiet(fakes, tmp_path, capsys):
+    """In-process (capsys' stderr is not a terminal): one line per claim as it finishes, the experiment's own
+    lines in between (what it is training), none of the live display's carriage returns; --quiet: nothing."""
+    args = ["--only", "test-fake-pass", "test-fake-experiment", "--device", "cpu"]
+    assert main(["--out", str(tmp_path / "a"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\033" not in err
+    lines = err.splitlines()
+    assert re.fullmatch(_CLAIM_LINE, lines[0]) and lines[0].startswith("[1/2] test-fake-pass ... verified")
+    assert lines[1] == "[2/2] test-fake-experiment ... running its experiment at smoke scale on cpu"
+    assert re.fullmatch(r" +\d+\.\d s  fake training done", lines[2]), lines
+    assert re.fullmatch(_CLAIM_LINE, lines[3]) and lines[3].startswith("[2/2] test-fake-experiment ... verified")
+    assert len(lines) == 4
+    assert main(["--out", str(tmp_path / "b"), *args, "--quiet", "--no-cache"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and "2 claims: 2 verified" in cap.out
 
 
 def test_python_m_entry_point_bad_usage(tmp_path):
@@ -516,3 +578,95 @@ def test_real_eq9_claim(tmp_path):
                        candidates={"eq9-optimal-covariance": wrong_sign})
     assert bad.exit_code == 1
     assert bad.claims[0]["status"] == "failed" and not bad.claims[0]["errored"], bad.claims[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- three outcomes
+
+
+def test_inconclusive_is_its_own_status_everywhere(fakes, tmp_path):
+    """issue 12: status, counts, summary line, findings (separate from refuted, with the reason), legend and
+    badge, the deciding check in the summary column, --strict, and the schema."""
+    ids = ["test-fake-pass", "test-fake-refuted", "test-fake-inconclusive"]
+    res = build_report(tmp_path / "rep", only=ids, device="cpu", results_dir=None)
+    assert res.exit_code == 0  # findings, not errors
+    doc = _validate(res.results_path)
+    c = _by_id(doc)["test-fake-inconclusive"]
+    assert c["status"] == "inconclusive" and c["scale"] == "smoke"
+    assert "straddles 0" in c["reason"] and "4,000 points would decide" in c["reason"]
+    assert doc["counts"]["inconclusive"] == 1 and doc["counts"]["refuted"] == 1
+    assert "1 refuted, 1 inconclusive" in res.summary_line()
+    # the summary column shows the check that decided the verdict, not the passing 2e-13 identity
+    assert c["worst"]["kind"] == "decision" and c["worst"]["text"].startswith("inconclusive: slope of the gap")
+    assert [r["outcome"] for r in c["results"]] == ["verified", "inconclusive"]
+    md = res.markdown_path.read_text()
+    head = md.split("## Summary")[0]
+    refuted_part = head.split("## Findings: empirical claims refuted here")[1].split("## Findings")[0]
+    inconclusive_part = head.split("## Findings: empirical claims inconclusive here")[1]
+    assert "test-fake-refuted" in refuted_part and "test-fake-inconclusive" not in refuted_part
+    assert "test-fake-inconclusive" in inconclusive_part and "straddles 0" in inconclusive_part
+    assert "**inconclusive** = the experiment ran but could not decide" in md
+    assert "gracheck 0.1.0, claim test-fake-inconclusive, inconclusive at smoke scale, seed 0 (empirical)" in md
+    html = res.html_path.read_text()
+    assert ">inconclusive</span>" in html and 'id="findings-inconclusive"' in html
+    strict = build_report(tmp_path / "strict", only=["test-fake-pass", "test-fake-inconclusive"], device="cpu",
+                          results_dir=None, strict=True)
+    assert strict.exit_code == 1  # --strict: exit 1 unless every empirical claim that ran is verified
+    assert "not verified, with --strict" in strict.markdown_path.read_text()
+    ok = build_report(tmp_path / "ok", only=["test-fake-pass", "test-fake-skip"], device="cpu", results_dir=None,
+                      strict=True)
+    assert ok.exit_code == 0  # a skipped empirical claim did not run: --strict does not count it
+
+
+def test_schema_rejects_an_inconclusive_derivation_or_one_without_reason(fakes, tmp_path):
+    res = build_report(tmp_path / "rep", only=["test-fake-pass", "test-fake-inconclusive"], device="cpu",
+                       results_dir=None)
+    schema = json.loads(schema_path().read_text())
+    good = json.loads(res.results_path.read_text())
+    jsonschema.validate(good, schema, cls=jsonschema.Draft202012Validator)
+    for doctor in (lambda d: d["claims"][0].update(status="inconclusive"),       # a derivation cannot be
+                   lambda d: d["claims"][1].update(reason=""),                   # no reason given
+                   lambda d: d["claims"][1]["results"][1].update(passed=True),   # passed contradicts outcome
+                   lambda d: d["claims"][1]["results"][1].update(outcome="maybe")):
+        bad = json.loads(res.results_path.read_text())
+        doctor(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_cli_internal_error_and_bad_environment_exit_3(fakes, tmp_path, capsys, monkeypatch):
+    """issue 17 item 7: an internal error or a bad environment has its own exit code (3), documented in --help."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helptext = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "3: internal error or bad environment" in helptext and "--strict" in helptext
+    (tmp_path / "afile").write_text("")
+    code = main(["--out", str(tmp_path / "afile" / "rep"), "--only", "test-fake-pass", "--device", "cpu"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "--out" in err and "environment error" in err and "Traceback" not in err
+    import gracheck.report._run as run
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(run, "build_report", boom)
+    assert main(["--out", str(tmp_path / "rep"), "--only", "test-fake-pass"]) == 3
+    assert "internal error (exit 3)" in capsys.readouterr().err
+
+
+def test_paper_scale_result_is_judged_by_the_same_check(fakes, tmp_path, monkeypatch):
+    """A committed paper-scale result goes through Claim.check(from_result=...): the experiment's own rules."""
+    rdir = tmp_path / "results"
+    rdir.mkdir()
+    paper = _fake_run(_FakeConfig(40), seed=0, device="cuda", out_dir=rdir)
+    d = paper.to_dict()
+    d["metrics"]["angle_deg"]["ci_high"] = 7.5  # the fake rule: CI upper end below 5
+    d["figures"] = []
+    (rdir / "test-fake-experiment-paper.json").write_text(json.dumps(d))
+    calls = []
+    mod = sys.modules[FAKE_EXP_MODULE]
+    orig = mod.check
+    monkeypatch.setattr(mod, "check", lambda res: calls.append(res.scale) or orig(res))
+    res = build_report(tmp_path / "rep", only=["test-fake-experiment"], device="cpu", results_dir=rdir)
+    p = _validate(res.results_path)["experiments"][0]["paper_scale"]
+    assert p["verdict"] == "refuted" and calls == ["smoke", "paper"]

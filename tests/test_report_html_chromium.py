@@ -91,3 +91,28 @@ def test_report_html_renders_in_chromium(fakes, tmp_path):
     assert bottom - top >= 40, "the banner is too small to read"
     dark = sum(1 for y in range(top, bottom + 1) for x in range(0, w, 2) if grey.getpixel((x, y)) < 80)
     assert dark > 200, "the banner holds no legible text"
+
+
+INCONCLUSIVE_RGB = (0x82, 0x50, 0xDF)  # STATUS_COLOURS["inconclusive"]: the badge and the finding's border
+
+
+@pytest.mark.slow
+def test_inconclusive_badge_renders_in_chromium(fakes, tmp_path):
+    """issue 12: the HTML report rendered in headless Chromium shows the inconclusive badge."""
+    if _chromium() is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    from PIL import Image
+
+    from gracheck.report._figures import STATUS_COLOURS
+
+    assert STATUS_COLOURS["inconclusive"] == "#%02x%02x%02x" % INCONCLUSIVE_RGB
+    res = build_report(tmp_path / "rep", only=["test-fake-pass", "test-fake-inconclusive"], device="cpu",
+                       results_dir=None)
+    png = tmp_path / "report.png"
+    proc = render_png(res.html_path, png, tmp_path / "chromium-profile", size="1280,1400")
+    assert png.is_file(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    img = Image.open(png).convert("RGB")
+    px = img.load()
+    w, h = img.size
+    hits = sum(1 for y in range(h) for x in range(0, w, 2) if all(abs(a - b) <= 8 for a, b in zip(px[x, y], INCONCLUSIVE_RGB)))
+    assert hits > 150, f"no inconclusive badge/finding drawn ({hits} pixels of its colour)"

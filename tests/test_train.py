@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_short_cpu_run_improves_objective(tmp_path):
     for r in rows:  # every term is logged and the identity objective = log_px − β·kl holds
         assert r["objective"] == pytest.approx(r["log_px"] - cfg.beta * r["kl"], rel=1e-5, abs=1e-3)
     assert res.eval_metrics["objective"] == pytest.approx(ev[1]["objective"])
+    # result.json names the data folder and every file read with the md5 its loader verified (issue 17 item 4)
+    from gracheck.data import mnist
+
+    data = json.loads((tmp_path / "run" / "result.json").read_text())["data"]
+    folder = mnist.find_mnist("train")
+    assert data["folders"] == {str(folder): data["folders"][str(folder)]} and data["folders"][str(folder)]
+    assert {Path(k).name: v["md5"] for k, v in data["files"].items()} == mnist.MD5
+    assert res.data == data
 
 
 # --------------------------------------------------------------------------- CLI
@@ -196,7 +205,8 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path, kw, kill_seed):
     assert target <= killed_at < 40, (target, killed_at)
     assert not (killed / "result.json").exists()
 
-    res = train(cfg, killed, resume=True, progress=False)
+    with pytest.warns(RuntimeWarning, match="stale lock"):  # the killed child's train.lock
+        res = train(cfg, killed, resume=True, progress=False)
     print(f"SIGKILL after logged step {killed_at}; resumed from checkpoint step {res.resumed_from}")
     assert res.resumed_from is not None and 5 <= res.resumed_from <= killed_at
     if killed_at % 5:  # log rows past the checkpoint existed and were dropped, not duplicated
@@ -215,6 +225,159 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path, kw, kill_seed):
     ref_rows, res_rows = read_log(tmp_path / "ref" / "log.csv"), read_log(killed / "log.csv")
     assert [r["objective"] for r in ref_rows] == [r["objective"] for r in res_rows]
     assert res.eval_metrics == ref.eval_metrics
+
+
+# --------------------------------------------------------------------------- signals and the run-folder lock
+
+# The CLI (gracheck.train.main) with every step slowed down by a sleep in the callback, so that a
+# signal from the test lands mid-run, and (HOLD_AT) a long pause after a given step; the work of
+# each step is unchanged.
+_CLI_CHILD = r"""
+import os, sys, time
+import gracheck.train as T
+hold = int(os.environ.get("HOLD_AT", "0"))
+def slow(step, metrics, model):
+    time.sleep(120 if step == hold else 0.03)
+_train = T.train
+T.train = lambda *a, **kw: _train(*a, **{**kw, "callback": slow})
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+
+def _cli_args(cfg: TrainConfig, out: Path) -> list[str]:
+    args = ["--out", str(out), "--no-progress"]
+    for k, v in cfg.to_dict().items():
+        if v is None or v == TrainConfig.__dataclass_fields__[k].default:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + k.replace("_", "-"))
+        else:
+            args += [flag, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    return args
+
+
+def _start_child(cfg: TrainConfig, out: Path, hold_at: int = 0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _CLI_CHILD, *_cli_args(cfg, out)], env={**_env(), "HOLD_AT": str(hold_at)},
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(child: subprocess.Popen, log: Path, step: int) -> None:
+    deadline = time.monotonic() + 120
+    while _last_logged_step(log) < step:
+        if child.poll() is not None:
+            raise AssertionError(f"the child exited early ({child.returncode}): {child.stderr.read()}")
+        assert time.monotonic() < deadline, "the child made no progress"
+        time.sleep(0.005)
+
+
+_SIG_CFG = dict(model="beta-vae", steps=30, checkpoint_every=7, eval_every=15)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: _SIG_CFG trained without interruption."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(_fast(**_SIG_CFG), out, progress=False)
+    return out
+
+
+def _assert_same_run(out: Path, ref: Path, steps: int) -> None:
+    """Bitwise: parameters and buffers, every Adam state tensor, the noise generator; each step logged once."""
+    a, b = _ckpt(out, steps), _ckpt(ref, steps)
+    assert _states_equal(a["model"], b["model"]) == []
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for i in a["optimizer"]["state"]:
+        assert _states_equal(a["optimizer"]["state"][i], b["optimizer"]["state"][i]) == [], i
+    assert torch.equal(a["rng"]["noise"][0], b["rng"]["noise"][0])
+    for name in ("log.jsonl", "log.csv"):
+        rows, ref_rows = read_log(out / name), read_log(ref / name)
+        assert [r["step"] for r in rows] == list(range(1, steps + 1)), name
+        assert [r["objective"] for r in rows] == [r["objective"] for r in ref_rows], name
+    assert [r["step"] for r in read_log(out / "eval.jsonl")] == [r["step"] for r in read_log(ref / "eval.jsonl")]
+
+
+@pytest.mark.parametrize("sig, code, seed", [(signal.SIGTERM, 143, 21), (signal.SIGINT, 130, 22)], ids=["SIGTERM", "SIGINT"])
+def test_signal_finishes_the_step_checkpoints_and_resume_is_bitwise_identical(tmp_path, uninterrupted, sig, code, seed):
+    """Issue 17 item 3: SIGTERM exited 143 silently and Ctrl-C printed a traceback, neither writing a
+    checkpoint. Now the trainer finishes the step, checkpoints, names the file in one line on stderr
+    and exits 143 / 130; --resume then ends bitwise equal to an uninterrupted run."""
+    cfg = _fast(**_SIG_CFG)
+    out = tmp_path / "run"
+    child = _start_child(cfg, out)
+    target = random.Random(seed).randrange(3, 26)
+    try:
+        _wait_for_step(child, out / "log.jsonl", target)
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == code, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    stopped = max(r["step"] for r in read_log(out / "log.jsonl"))
+    assert target <= stopped < cfg.steps
+    assert f"ckpt-{stopped:08d}.pt" in lines[0] and sig.name in lines[0] and "--resume" in lines[0], lines[0]
+    assert (out / f"ckpt-{stopped:08d}.pt").exists() and not (out / "result.json").exists()
+    assert not (out / "train.lock").exists()  # released on the way out
+    res = train(cfg, out, resume=True, progress=False)
+    assert res.resumed_from == stopped  # no step was lost
+    _assert_same_run(out, uninterrupted, cfg.steps)
+
+
+def test_second_trainer_is_refused_and_a_stale_lock_taken_over(tmp_path, uninterrupted, capsys):
+    """Issue 17 item 2: a --resume started while another trainer ran on the same folder was accepted and
+    both wrote into it. Now the owner holds OUT/train.lock (pid, host, start time): a second trainer
+    is refused with the owner's pid (exit code 4 from the CLI); after the owner is SIGKILLed its lock
+    is stale and the next trainer takes it over with a warning naming the dead pid, and the resumed
+    run is bitwise the uninterrupted one."""
+    from gracheck.train import FolderLocked
+
+    cfg = _fast(**_SIG_CFG)
+    out = tmp_path / "run"
+    child = _start_child(cfg, out, hold_at=7)  # the owner pauses after step 7 (a checkpoint) until killed
+    try:
+        _wait_for_step(child, out / "log.jsonl", 7)
+        deadline = time.monotonic() + 60
+        while not ((out / "latest").exists() and (out / "latest").read_text().strip() == "ckpt-00000007.pt"):
+            assert time.monotonic() < deadline, "no checkpoint at step 7"
+            time.sleep(0.005)
+        info = json.loads((out / "train.lock").read_text())
+        assert info["pid"] == child.pid and {"host", "started"} <= set(info)
+        with pytest.raises(FolderLocked, match=f"pid {child.pid}") as ei:
+            train(cfg, out, resume=True, progress=False)
+        assert ei.value.owner["pid"] == child.pid
+        assert main([*_cli_args(cfg, out), "--resume"]) == 4  # the CLI: exit code 4, the owner's pid on stderr
+        assert f"pid {child.pid}" in capsys.readouterr().err
+        assert child.poll() is None  # the owner kept running, undisturbed
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert json.loads((out / "train.lock").read_text())["pid"] == child.pid  # left behind by the killed owner
+    with pytest.warns(RuntimeWarning, match=f"stale lock.*pid {child.pid}"):
+        train(cfg, out, resume=True, progress=False)
+    _assert_same_run(out, uninterrupted, cfg.steps)
+    assert not (out / "train.lock").exists()
+
+
+def test_folder_lock_is_reusable_and_exclusive(tmp_path):
+    """FolderLock is a small public class (the experiment cache can use it): exclusive (two holders in one
+    process too; across processes see the test above), released on exit from the with-block, re-acquirable."""
+    from gracheck.train import FolderLock, FolderLocked
+
+    path = tmp_path / "entry.lock"
+    with FolderLock(path, what="cache entry") as lock:
+        assert json.loads(path.read_text())["pid"] == os.getpid() and lock.held
+        with pytest.raises(FolderLocked, match=f"cache entry .* pid {os.getpid()}"):
+            FolderLock(path, what="cache entry").acquire()
+    assert not path.exists()
+    with FolderLock(path):
+        pass
 
 
 # --------------------------------------------------------------------------- divergence
@@ -257,8 +420,60 @@ def test_huge_learning_rate_diverges_with_a_named_term(tmp_path):
     with pytest.raises(TrainingDiverged) as ei:
         train(_fast(model="ae", steps=10, lr=1e30, eval_every=0), tmp_path / "lr", progress=False)
     assert ei.value.step == 2
-    assert ei.value.term in ("encoder mean", "decoder output", "term 'objective'", "term 'log_px'")
+    assert ei.value.term in ("encoder mean", "decoder output", "log_px", "objective")
     assert f"step {ei.value.step}" in str(ei.value) and ei.value.term in str(ei.value)
+
+
+@pytest.mark.parametrize("model, head, term", [("beta-vae", "scale", "kl"), ("grae-approx", "mean", "prior")])
+def test_the_first_nonfinite_underlying_term_is_named(tmp_path, model, head, term):
+    """Issue 17 item 5: the NaN report named the derived 'objective' where the first non-finite term was
+    kl or prior. A bias of 1e20 in the encoder's scale head gives a finite scale_tril whose KL overflows
+    float32 (tr Σ ≈ 1e40); in the mean head a finite mean whose prior β/2‖h‖² overflows."""
+
+    def plant(step, metrics, m):
+        if step == 2:
+            with torch.no_grad():
+                getattr(m.encoder.head, head).bias.fill_(1e20)
+
+    with pytest.raises(TrainingDiverged) as ei:
+        train(_fast(model=model, steps=5, eval_every=0), tmp_path / "run", progress=False, callback=plant)
+    assert ei.value.step == 3 and ei.value.term == term, str(ei.value)
+    assert f"{term} is not finite" in str(ei.value)
+
+
+def test_cli_out_folder_that_cannot_be_used_gets_a_message_and_exit_code(tmp_path, capsys):
+    """Issue 17 item 7: --out whose parent is a file, or a read-only --out, ended in a traceback. Now one
+    line names the folder and the problem, with exit code 5 (documented in --help)."""
+    (tmp_path / "afile").write_text("x")
+    base = ["--dataset", "mnist", "--arch", "mlp", "--hidden", "8", "--latent-dim", "2", "--steps", "1",
+            "--no-progress"]
+    assert main(["--out", str(tmp_path / "afile" / "run"), *base]) == 5
+    err = capsys.readouterr().err
+    assert "afile" in err and "is a file" in err and "Traceback" not in err
+    assert main(["--out", str(tmp_path / "afile"), *base]) == 5
+    assert "not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helptext = capsys.readouterr().out
+    for code in ("130", "143", " 4 ", " 5 "):
+        assert code in helptext, code
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root ignores mode bits; an immutable folder refuses root too
+        if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i: cannot make a folder read-only")
+        undo = ["chattr", "-i", str(ro)]
+    else:
+        ro.chmod(0o555)
+        undo = ["chmod", "755", str(ro)]
+    try:
+        for target in (ro / "run", ro):  # a new folder inside a read-only one; a read-only existing folder
+            assert main(["--out", str(target), *base]) == 5
+            err = capsys.readouterr().err
+            assert str(ro) in err and "Traceback" not in err, err
+            assert "Permission denied" in err or "not permitted" in err, err
+    finally:
+        subprocess.run(undo, check=True)
 
 
 # --------------------------------------------------------------------------- config and checkpoint errors
@@ -301,6 +516,102 @@ def test_corrupt_checkpoint_is_named_and_previous_one_used(tmp_path):
     torch.save({"hello": torch.zeros(1)}, bad)
     with pytest.raises(CheckpointError, match="not a gracheck training checkpoint"):
         load_checkpoint(bad)
+
+
+def _flip_tensor_bytes(path: Path, n: int = 100, seed: int = 0) -> str:
+    """XOR ``n`` bytes in the middle of the largest tensor record of a torch zip checkpoint (the data
+    itself, not the archive's structure, so torch.load still reads it). Returns the record's name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    rng = random.Random(seed)
+    for k in range(n):
+        raw[start + info.file_size // 2 + k] ^= rng.randrange(1, 256)
+    path.write_bytes(bytes(raw))
+    return info.filename
+
+
+def test_bit_flips_inside_a_tensor_are_detected_and_the_previous_checkpoint_used(tmp_path):
+    """Issue 17 item 1: 100 bytes flipped inside a stored tensor of the newest checkpoint loaded silently.
+    Now each checkpoint records a SHA-256 digest of its payload; on resume the bad file is named, set
+    aside (renamed, kept), the previous checkpoint is used, and the run ends bitwise equal to the
+    uninterrupted one (compared with torch.equal: every parameter, buffer and Adam state tensor)."""
+    out = tmp_path / "run"
+    cfg = _fast(model="beta-vae", steps=6, checkpoint_every=2, eval_every=0)
+    train(cfg, out, progress=False)
+    good = _ckpt(out, 6)
+    record = _flip_tensor_bytes(out / "ckpt-00000006.pt")
+    (out / "result.json").unlink()
+    flipped = torch.load(out / "ckpt-00000006.pt", weights_only=True)  # torch itself reads it without complaint
+    assert _states_equal(flipped["model"], good["model"]) or any(
+        not torch.equal(a, b) for a, b in zip(flipped["optimizer"]["state"].values(), good["optimizer"]["state"].values())
+        for a, b in zip(a.values(), b.values())), record
+    with pytest.raises(CheckpointError, match="ckpt-00000006.pt.*digest"):
+        load_checkpoint(out / "ckpt-00000006.pt")
+    with pytest.warns(RuntimeWarning, match="(?s)ckpt-00000006.pt.*digest.*falling back"):
+        res = train(cfg, out, resume=True, progress=False)
+    assert res.resumed_from == 4
+    assert (out / "ckpt-00000006.pt.corrupt").exists()
+    a = _ckpt(out, 6)
+    assert _states_equal(a["model"], good["model"]) == []
+    for i in good["optimizer"]["state"]:
+        assert _states_equal(a["optimizer"]["state"][i], good["optimizer"]["state"][i]) == [], i
+    assert torch.equal(a["rng"]["noise"][0], good["rng"]["noise"][0])
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == list(range(1, 7))
+
+
+def test_checkpoint_digest_format_and_legacy_files(tmp_path):
+    """The digest is recorded under "sha256" (format /2) and equals payload_digest of the loaded payload;
+    a /2 file without it is refused; a /1 file (written before digests) still loads, unverified, so
+    models cached by older versions stay usable."""
+    from gracheck.train import CKPT_FORMAT, payload_digest
+
+    out = tmp_path / "run"
+    train(_fast(model="ae", steps=2, checkpoint_every=2, eval_every=0), out, progress=False)
+    ck = _ckpt(out, 2)
+    assert ck["format"] == CKPT_FORMAT and ck["sha256"] == payload_digest(ck)
+    del ck["sha256"]
+    torch.save(ck, tmp_path / "nodigest.pt")
+    with pytest.raises(CheckpointError, match="digest is missing"):
+        load_checkpoint(tmp_path / "nodigest.pt")
+    ck["format"] = "gracheck-train-checkpoint/1"
+    torch.save(ck, tmp_path / "legacy.pt")
+    model, _, step = load_checkpoint(tmp_path / "legacy.pt")
+    assert step == 2 and _states_equal(model.state_dict(), _ckpt(out, 2)["model"]) == []
+
+
+def test_resume_sets_aside_only_checkpoints_that_fail_verification(tmp_path, monkeypatch):
+    """Issue 17 item 2: on resume every checkpoint newer than the one resumed from was renamed .corrupt,
+    readable or not. Here the newest is unreadable and the one before it readable, but (as when a
+    second writer adds it while this trainer starts) only seen after the choice was made: only the
+    file that failed verification is set aside."""
+    import gracheck.train as T
+
+    out = tmp_path / "run"
+    cfg = _fast(model="ae", steps=8, checkpoint_every=2, eval_every=0, keep_checkpoints=4)
+    train(cfg, out, progress=False)
+    (out / "result.json").unlink()
+    (out / "ckpt-00000008.pt").write_bytes(b"not a zip")  # fails verification
+    hidden = (out / "ckpt-00000006.pt").read_bytes()  # readable, newer than the one resumed from
+    (out / "ckpt-00000006.pt").unlink()
+    orig = T._check_out
+
+    def check_then_appear(*a, **kw):
+        got = orig(*a, **kw)
+        (out / "ckpt-00000006.pt").write_bytes(hidden)
+        return got
+
+    monkeypatch.setattr(T, "_check_out", check_then_appear)
+    with pytest.warns(RuntimeWarning, match="ckpt-00000008.pt"):
+        res = train(cfg, out, resume=True, progress=False)
+    assert res.resumed_from == 4
+    assert (out / "ckpt-00000008.pt.corrupt").exists()
+    assert not (out / "ckpt-00000006.pt.corrupt").exists()
 
 
 def test_load_checkpoint_round_trip(tmp_path):
@@ -394,3 +705,54 @@ def test_slim_checkpoint_keeps_weights_and_refuses_extension(tmp_path):
     assert slim_checkpoint(out) == path  # idempotent
     with pytest.raises(FileNotFoundError, match="out_dir"):
         slim_checkpoint(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- progress (issue 18 item 5)
+
+_PROGRESS_ARGS = ["--dataset", "mnist", "--arch", "mlp", "--hidden", "16", "--latent-dim", "2", "--eval-size", "8",
+                  "--train-limit", "256", "--batch-size", "16", "--num-threads", "1", "--eval-every", "0",
+                  "--checkpoint-every", "0"]
+_LINE = r"gracheck\.train beta-vae mnist: step (\d+)/(\d+) \(\d+%\), loss (\S+), \S+ steps/s, (\d+|inf) s left"
+
+
+def test_progress_lines_on_a_pipe_and_none_with_quiet(tmp_path, capsys, monkeypatch):
+    """`python -m gracheck.train` printed nothing but a tqdm bar, useless in a log. With stderr a pipe it
+    prints one flushed line per tenth of the run (step, loss as logged, steps/s, time left), no carriage
+    returns; --quiet prints none (the summary on stdout stays); a line also comes whenever
+    PROGRESS_SECONDS passed since the last one."""
+    import gracheck.train as gtrain
+
+    p = subprocess.run([sys.executable, "-m", "gracheck.train", *_PROGRESS_ARGS, "--steps", "20", "--out",
+                        str(tmp_path / "a")], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0] == "gracheck.train beta-vae mnist: starting step 0 of 20" and "\r" not in p.stderr
+    got = [re.fullmatch(_LINE, ln) for ln in lines[1:]]
+    assert all(got), lines
+    assert [int(m.group(1)) for m in got] == list(range(2, 21, 2))
+    logged = {r["step"]: r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl")}
+    assert all(m.group(3) == f"{logged[int(m.group(1))]:.6g}" for m in got)
+
+    assert main([*_PROGRESS_ARGS, "--steps", "4", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and json.loads(cap.out)["step"] == 4
+    monkeypatch.setattr(gtrain, "PROGRESS_SECONDS", 0.0)  # every step is "a minute later"
+    assert main([*_PROGRESS_ARGS, "--steps", "4", "--out", str(tmp_path / "b"), "--resume", "--steps", "7"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "gracheck.train beta-vae mnist: resuming at step 4 of 7"
+    assert [int(re.fullmatch(_LINE, ln).group(1)) for ln in err[1:]] == [5, 6, 7]
+
+
+def test_cached_model_training_says_when_it_starts_and_ends(tmp_path, monkeypatch):
+    """The report's experiments say, off a terminal, when each model starts and finishes training: the model
+    cache (experiments._zoo.trained) sends one line each to ``say``; a model loaded from the cache says nothing."""
+    from gracheck.experiments._zoo import train_config, trained
+
+    monkeypatch.setenv("GRACHECK_CACHE", str(tmp_path / "cache"))
+    cfg = train_config(**{**FAST, "train_limit": 256, "eval_size": 8, "steps": 3})
+    lines: list[str] = []
+    trained(cfg, say=lines.append)
+    assert len(lines) == 2 and lines[0].startswith("training beta-vae on mnist, β=0.5, d=4, seed 3: 3 steps")
+    assert re.fullmatch(r"trained beta-vae on mnist, β=0\.5, d=4, seed 3 in \d+\.\d s", lines[1]), lines
+    trained(cfg, say=lines.append)
+    assert len(lines) == 2

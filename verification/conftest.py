@@ -1,7 +1,7 @@
 """Shared fixtures for the verification suites (theory and empirical).
 
 * Hypothesis profiles ``ci`` (default: derandomised, few examples, no deadline) and
-  ``dev`` are registered from :mod:`gracheck.claims.strategies`; choose one with
+  ``dev`` are registered from :mod:`gracheck.theory.strategies`; choose one with
   ``HYPOTHESIS_PROFILE=dev pytest verification``.
 * ``check_claim(claim_id, method)`` runs one check with seed 0, turns
   :class:`~gracheck.claims.CheckSkipped` into a pytest skip carrying its reason (never a
@@ -24,7 +24,7 @@ def pytest_configure(config):
         from hypothesis import settings
     except ImportError:  # hypothesis is a dev dependency; the property tests importorskip it
         return
-    from gracheck.claims import strategies
+    from gracheck.theory import strategies
 
     strategies.register_profiles()
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from gracheck.claims import get
-from gracheck.claims import strategies as S
-from gracheck.claims.sec3_uniqueness import ppca_case, rotation_closure_case
-from gracheck.claims.tolerances import tol
+from gracheck.theory import strategies as S
+from gracheck.theory.sec3_uniqueness import ppca_case, rotation_closure_case
+from gracheck.base.tolerances import tol
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,6 +32,12 @@ METHODS = {
     "erratum-appA-unit-jacobian": ("autograd", "symbolic"),
     "erratum-appA-psi-argument": ("montecarlo", "autograd"),
     "erratum-appB-eq15-jacobian": ("autograd", "montecarlo"),
+    # issue 13
+    "erratum-appC-gaussian-w": ("closed-form", "autograd", "montecarlo"),
+    "appC-shared-covariance-rotation": ("closed-form", "autograd"),
+    "thm1-strict-inequality": ("closed-form", "autograd", "symbolic"),
+    "erratum-thm1-hypothesis": ("closed-form", "symbolic"),
+    "sec3-outside-family-strict": ("closed-form", "autograd"),
 }
 
 CASES = [pytest.param(cid, m, id=f"{cid}[{m}]") for cid, ms in METHODS.items() for m in ms]

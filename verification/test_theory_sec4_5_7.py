@@ -7,7 +7,7 @@ time). For an erratum, passing means the printed statement was refuted and the c
 verified.
 
 The property tests at the end draw dimensions, β and the seeds of random SPD matrices /
-Jacobians from the shared strategies (``gracheck.claims.strategies``; ``ci`` profile by
+Jacobians from the shared strategies (``gracheck.theory.strategies``; ``ci`` profile by
 default, ``HYPOTHESIS_PROFILE=dev`` for more) and test the library's pure-math functions
 against independent routes, with the tolerances of the one tolerance table.
 """
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from gracheck.claims import get
-from gracheck.claims import strategies as S
-from gracheck.claims.tolerances import tol
+from gracheck.theory import strategies as S
+from gracheck.base.tolerances import tol
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,8 +48,15 @@ EXPECTED_METHODS = {
     "erratum-sec7-decoder-variance": ("symbolic", "autograd"),
     "erratum-sec5.3-frobenius-order": ("symbolic", "autograd"),
     "erratum-eq9-maximiser-condition": ("symbolic", "autograd"),  # new erratum (not in PAPER.md's list)
+    # issue 13: statements not covered before, and new errata
+    "eq14-mean-field-taylor-optimum": ("symbolic", "autograd", "property"),
+    "sec5.3-orthogonality-penalty": ("symbolic", "closed-form", "montecarlo"),
+    "sec5.1-bernoulli-parameterisation": ("symbolic", "autograd"),
+    "erratum-sec5.2-fixed-covariance": ("closed-form", "autograd"),
+    "erratum-sec7-relu-eq6-exact": ("autograd", "symbolic"),
 }
-CANDIDATE_CLAIMS = ("eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap")
+CANDIDATE_CLAIMS = ("eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap", "eq12-general-grae",
+                    "eq13-gaussian-grae", "eq14-column-estimator-unbiased")  # (and issue 16's new claims: test_model_candidates.py)
 
 CASES = [pytest.param(cid, m, id=f"{cid}[{m}]") for cid, ms in EXPECTED_METHODS.items() for m in ms]
 
@@ -85,7 +92,8 @@ def test_errata_record_their_counterexample():
     """Each erratum's evidence names the printed statement's failure with numbers (a counterexample)."""
     for cid, needle in (("erratum-sec7-gap-as-printed", "Counterexample"), ("erratum-sec7-decoder-variance", "counterexample"),
                         ("erratum-sec5.3-frobenius-order", "counterexample"),
-                        ("erratum-eq9-maximiser-condition", "Counterexample")):
+                        ("erratum-eq9-maximiser-condition", "Counterexample"),
+                        ("erratum-sec5.2-fixed-covariance", "COUNTEREXAMPLE"), ("erratum-sec7-relu-eq6-exact", "COUNTEREXAMPLE")):
         details = " ".join(r.detail for r in get(cid).check(seed=0))
         assert needle in details, (cid, details[:300])
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from os import PathLike
 from pathlib import Path
 from typing import Sequence
 
+from gracheck.base.files import atomic_open
 from gracheck.data import _paths, celeba, mnist
 
 MNIST_MIRRORS = (
@@ -40,27 +39,20 @@ def _url(base: str, name: str) -> str:
 
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float, log) -> None:
-    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its md5 is ``md5``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        h = hashlib.md5()
-        n = 0
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                h.update(chunk)
-                n += len(chunk)
-        if h.hexdigest() != md5:
+    """Stream ``url`` into ``dest`` atomically, keeping it only if its md5 is ``md5`` (nothing written otherwise)."""
+    h = hashlib.md5()
+    n = 0
+    with atomic_open(dest, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            h.update(chunk)
+            n += len(chunk)
+        if h.hexdigest() != md5:  # raising inside the block abandons the temporary file
             raise ValueError(
                 f"{url}: checksum mismatch: expected md5 {md5}, downloaded {n:,} bytes with md5 "
                 f"{h.hexdigest()}; nothing was written to {dest}"
             )
-        os.replace(tmp, dest)
-        log(f"  {dest}  ({n:,} bytes, md5 ok) <- {url}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    log(f"  {dest}  ({n:,} bytes, md5 ok) <- {url}")
 
 
 def _get(name: str, md5: str, sources: Sequence[str], folder: Path, timeout: float, log) -> Path:
@@ -146,28 +138,50 @@ def download(
 
 
 def check(root: str | PathLike | None = None, out=None) -> bool:
-    """Print where each data set was found and whether it verifies; True when everything does."""
+    """Print where each data set was found and whether it verifies; True when everything does.
+
+    Every line names the folder (or file) it is about; a PROBLEM line names the place searched.
+    """
     ok = True
     out = out or sys.stdout
     p = lambda s="": print(s, file=out)  # noqa: E731
-    p("Places searched, in order:")
-    for label, loc in _paths.candidate_roots(root):
-        p(f"  {loc}  ({label}{'' if loc.is_dir() else ', missing'})")
+    places = _paths.candidate_roots(root)
+    explicit = _paths.is_explicit(places[0][0])
+    if explicit:
+        label, loc = places[0]
+        p(f"Data folder: {loc}  ({label}; the only place searched)")
+        where = f"in {loc} ({label})"
+    else:
+        p("Places searched, in order (each data set is read from the first that holds its files):")
+        for label, loc in places:
+            p(f"  {loc}  ({label}{'' if loc.is_dir() else ', missing'})")
+        where = "in " + " or ".join(str(loc) for _, loc in places)
+    if explicit:
+        try:
+            _paths.check_explicit_root(*places[0])
+        except OSError as e:
+            p(f"PROBLEM: {e}")
+            return False
+
+    def problem(what: str, e: Exception) -> None:
+        nonlocal ok
+        ok = False
+        msg = str(e)
+        p(f"{what}: PROBLEM {where}: {msg[len(what) + 2:] if msg.startswith(what + ': ') else msg}")
+
     for split in ("train", "test"):
         try:
             folder = mnist.find_mnist(split, root)
             images, _ = mnist.load_mnist(split, root, verify="always")
             p(f"MNIST {split}: {folder}: {images.shape[0]:,} images {tuple(images.shape[1:])}, md5 ok")
         except (FileNotFoundError, ValueError) as e:
-            ok = False
-            p(f"MNIST {split}: PROBLEM: {e}")
+            problem(f"MNIST {split}", e)
     try:
         path = celeba.find_split_file(root)
         counts = celeba.celeba_split_counts(root)
         p(f"CelebA split file: {path}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ", md5 ok")
     except (FileNotFoundError, ValueError) as e:
-        ok = False
-        p(f"CelebA split file: PROBLEM: {e}")
+        problem("CelebA split file", e)
     try:
         arch, _ = celeba.find_celeba(root)
         celeba._check_archive_digest(arch)
@@ -176,15 +190,16 @@ def check(root: str | PathLike | None = None, out=None) -> bool:
         src.close()
         p(f"CelebA images: {arch}: {n:,} images, digest ok")
     except (FileNotFoundError, ValueError) as e:
-        ok = False
-        p(f"CelebA images: PROBLEM: {e}")
+        problem("CelebA images", e)
     try:
+        sums_path = _paths.sums_file(root)
         sums = _paths.verify_sha256(root)
         bad = [k for k, v in sums.items() if not v["ok"]]
-        p(f"SHA256SUMS: {len(sums) - len(bad)}/{len(sums)} files ok" + (f"; bad: {', '.join(bad)}" if bad else ""))
+        p(f"SHA256SUMS: {sums_path}: {len(sums) - len(bad)}/{len(sums)} files under {sums_path.parent} ok"
+          + (f"; bad or missing: {', '.join(bad)}" if bad else ""))
         ok = ok and not bad
     except FileNotFoundError:
-        p("SHA256SUMS: none found (only the shipped shared/data has one)")
+        p(f"SHA256SUMS: none {where} (only the shipped shared/data has one)")
     return ok
 
 
@@ -196,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--check", action="store_true", help="verify the local files and print what was found where")
     g.add_argument("--download", choices=DATASETS, metavar="{mnist,celeba}", help="fetch a data set")
-    ap.add_argument("--root", help="data folder to check (default: the search path)")
+    ap.add_argument("--root", help="data folder to check, the only place looked (default: $GRACHECK_DATA alone "
+                                   "when set, else ../shared/data then the user cache)")
     ap.add_argument("--dest", help="download destination (default: the user cache, searched by the loaders)")
     ap.add_argument("--base-url", help="fetch from this URL instead of the official mirrors")
     ap.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")

@@ -1,11 +1,12 @@
-"""One script per empirical claim of the paper; see :mod:`gracheck.experiments._common`."""
+"""One module per empirical claim of the paper; see :mod:`gracheck.experiments._common`."""
 
 from gracheck.experiments._common import (
-    EXPERIMENT_MODULES,
     SCALES,
     ExperimentResult,
     Metric,
+    experiment_claim,
+    now_utc,
     run_experiment,
 )
 
-__all__ = ["EXPERIMENT_MODULES", "SCALES", "ExperimentResult", "Metric", "run_experiment"]
+__all__ = ["SCALES", "ExperimentResult", "Metric", "experiment_claim", "now_utc", "run_experiment"]

@@ -1,8 +1,12 @@
-"""What every experiment shares: the result record, scales, seeds and a result cache.
+"""What every experiment shares: the claim it states, the result record, scales, seeds and a result cache.
 
-An experiment module (one per empirical claim, read top to bottom) defines::
+An experiment module holds everything about one empirical claim, read top to bottom::
 
-    CLAIM_ID = "fig1-rotation-uniqueness"
+    # module docstring: the claim, the decision rules and their preconditions (fixed before any run),
+    # the three-outcome reading of each rule, the scales
+
+    CLAIM = experiment_claim(__name__, id="fig1-rotation-uniqueness", source="Fig. 1, 5, 6; App. C",
+                             statement="...", title="...", shows="...")   # the report's section text
 
     @dataclasses.dataclass(frozen=True)
     class Config: ...                      # every setting, nothing implicit
@@ -12,10 +16,12 @@ An experiment module (one per empirical claim, read top to bottom) defines::
     def run(config, *, seed, device, out_dir, progress=None) -> ExperimentResult
     def check(result: ExperimentResult) -> list[CheckResult]
 
-``run`` trains/evaluates and writes its figures into ``out_dir``; ``check`` applies
-the decision rule fixed in the module's docstring and returns the evidence.
-:func:`run_experiment` adds a cache keyed by (claim, config, seed, version), so the
-report and ``pytest verification/`` share one smoke run.
+``run`` trains/evaluates and writes its figures into ``out_dir``; ``check`` applies the decision
+rules (:mod:`gracheck.base.verdicts`) and returns the evidence, each result with its outcome
+(verified / refuted / inconclusive) and reason. ``CLAIM.check()`` runs the experiment through
+:func:`run_experiment`, a cache keyed by (claim, config, seed, version) and locked per entry, so the
+report and ``pytest verification/`` share one smoke run; the ExperimentResult comes back as the
+evidence's ``record``, so the report shows the numbers the verdict was computed from.
 """
 
 from __future__ import annotations
@@ -23,29 +29,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from gracheck.base.evidence import Claim, Evidence, FigureSection, claim
+from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, cache_key, entry_lock
+from gracheck.base.version import __version__
+
 SCALES = ("smoke", "paper")
-
-# claim id -> module implementing it (a missing module means "not implemented yet").
-EXPERIMENT_MODULES: dict[str, str] = {
-    "fig1-rotation-uniqueness": "gracheck.experiments.fig1_rotation",
-    "fig2-precision-matches-jtj": "gracheck.experiments.fig2_precision",
-    "fig3-objectives-agree": "gracheck.experiments.fig3_objectives",
-    "fig4-fid-agree": "gracheck.experiments.fig4_fid",
-    "eq6-residual-trained": "gracheck.experiments.eq6_residual",
-    "grae-approx-trains-like-beta-vae": "gracheck.experiments.grae_approx_training",
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
@@ -78,6 +75,9 @@ class ExperimentResult:
     created: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # raw arrays/lists behind figures
     notes: list[str] = dataclasses.field(default_factory=list)
+    # the data folders used and every file read, with its checksum ({"folders": {...}, "files": {...}},
+    # gracheck.data.record_reads); empty for a result made before it was recorded
+    data_read: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -101,29 +101,38 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def load_module(claim_id: str):
-    """The experiment module for ``claim_id``; ImportError if it does not exist yet."""
-    if claim_id not in EXPERIMENT_MODULES:
-        raise KeyError(f"claim_id: {claim_id!r} is not an empirical claim; known: {sorted(EXPERIMENT_MODULES)}")
-    return importlib.import_module(EXPERIMENT_MODULES[claim_id])
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("GRACHECK_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gracheck"
-
-
 def _key(claim_id: str, cfg: dict[str, Any], seed: int, device: str) -> str:
-    from gracheck import __version__
+    return cache_key([claim_id, cfg, seed, device.split(":")[0], __version__])
 
-    blob = json.dumps([claim_id, cfg, seed, device.split(":")[0], __version__], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+def experiment_claim(module: str, *, id: str, source: str, statement: str, title: str, shows: str) -> Claim:
+    """The empirical claim stated by the experiment module named ``module`` (pass ``__name__``).
+
+    ``title`` and ``shows``: the report's section for it (its heading, and what the paper shows).
+    Its one method, "empirical", runs the module's experiment (:func:`run_experiment`, cached) and
+    applies the module's ``check``; it returns :class:`~gracheck.base.evidence.Evidence` whose
+    ``record`` is the ExperimentResult. Keyword arguments of ``CLAIM.check``: ``scale`` ("smoke"),
+    ``device`` ("cpu"), ``out_dir`` (figures; default the cache entry), ``use_cache`` (True),
+    ``progress`` (a callable taking a line) and ``from_result`` (an ExperimentResult to judge instead
+    of running, e.g. a committed paper-scale one).
+    """
+    c = claim(id, source=source, statement=statement, kind="empirical", figure=FigureSection(title, shows))
+
+    def _empirical(*, seed: int, candidate, scale: str = "smoke", device: str = "cpu", out_dir=None,
+                   use_cache: bool = True, progress: Callable[[str], None] | None = None,
+                   from_result: ExperimentResult | None = None) -> Evidence:
+        mod = importlib.import_module(module)
+        res = from_result if from_result is not None else run_experiment(
+            mod, scale=scale, seed=seed, device=device, out_dir=out_dir, use_cache=use_cache, progress=progress)
+        return Evidence(mod.check(res), record=res)
+
+    _empirical.__doc__ = f"Runs the {id} experiment ({module}, cached) and applies its pre-registered decision rules."
+    c.method("empirical")(_empirical)
+    return c
 
 
 def run_experiment(
-    claim_id: str,
+    module: ModuleType | str,
     *,
     scale: str = "smoke",
     seed: int = 0,
@@ -132,7 +141,7 @@ def run_experiment(
     use_cache: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ExperimentResult:
-    """Run (or load from the cache) the experiment behind ``claim_id`` at ``scale``.
+    """Run (or load from the cache) the experiment of ``module`` (an experiment module or its name) at ``scale``.
 
     Figures land in ``out_dir`` (default: the cache entry's folder). The cache key
     covers the claim, the full config, the seed, the device type and gracheck's
@@ -140,7 +149,16 @@ def run_experiment(
     """
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
-    mod = load_module(claim_id)
+    try:
+        mod = importlib.import_module(module) if isinstance(module, str) else module
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise  # the module exists but something it imports is missing: an error, not a bad argument
+        raise ValueError(f"module: no module {module!r}; to run a claim by id use gracheck.claims.get(id).check()") from None
+    if not isinstance(getattr(mod, "CLAIM", None), Claim) or not hasattr(mod, "CONFIGS"):
+        raise ValueError(f"module: {getattr(mod, '__name__', mod)!r} is not an experiment module (no CLAIM and "
+                         "CONFIGS); to run a claim by id use gracheck.claims.get(id).check()")
+    claim_id = mod.CLAIM.id
     config = mod.CONFIGS[scale]
     cfg = config_dict(config)
     # inputs outside the config that change the result (e.g. a user's Inception weights file) are
@@ -149,39 +167,62 @@ def run_experiment(
     key_cfg = cfg if extra is None else {"config": cfg, "inputs": extra}
     entry = cache_dir() / "experiments" / f"{claim_id}-{scale}-{_key(claim_id, key_cfg, seed, device)}"
     out = Path(out_dir) if out_dir is not None else entry / "figures"
-    cached = entry / "result.json"
-    if use_cache and cached.is_file():
-        try:
-            res = ExperimentResult.from_dict(json.loads(cached.read_text()))
-        except (ValueError, TypeError, KeyError):
-            res = None  # a corrupt cache entry is recomputed, never trusted
-        if res is not None and all((entry / "figures" / Path(f).name).is_file() for f in res.figures):
-            out.mkdir(parents=True, exist_ok=True)
-            figs = []
-            for f in res.figures:
-                src = entry / "figures" / Path(f).name
-                dst = out / src.name
-                if src.resolve() != dst.resolve():
-                    shutil.copyfile(src, dst)
-                figs.append(str(dst))
-            res.figures = figs
-            res.notes = [*res.notes, f"loaded from cache {entry}"]
+    if not use_cache:
+        return _run(mod, config, seed=seed, device=device, out=out, progress=progress)
+    res = _load_entry(entry, out)
+    if res is not None:
+        return res
+    # one process computes an entry; a second one sharing $GRACHECK_CACHE waits here, then loads it
+    with entry_lock(entry, on_wait=progress):
+        res = _load_entry(entry, out)
+        if res is not None:
             return res
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
-    if not res.created:
-        res.created = now_utc()
-    if not res.seconds:
-        res.seconds = time.perf_counter() - t0
-    if use_cache:
-        (entry / "figures").mkdir(parents=True, exist_ok=True)
+        res = _run(mod, config, seed=seed, device=device, out=out, progress=progress)
         for f in res.figures:
             src = Path(f)
             dst = entry / "figures" / src.name
             if src.resolve() != dst.resolve():
-                shutil.copyfile(src, dst)
-        atomic_write_text(cached, json.dumps(res.to_dict(), indent=1))
+                atomic_copy(src, dst)
+        atomic_write_text(entry / "result.json", json.dumps(res.to_dict(), indent=1))
+    return res
+
+
+def _run(mod, config, *, seed: int, device: str, out: Path, progress) -> ExperimentResult:
+    from gracheck.data import record_reads
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with record_reads() as reads:  # includes what cached models and feature nets were trained on
+        res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    res.data_read = reads.to_dict()
+    if not res.created:
+        res.created = now_utc()
+    if not res.seconds:
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _load_entry(entry: Path, out: Path) -> ExperimentResult | None:
+    """The cached result of ``entry`` with its figures copied (atomically) into ``out``; None if absent or damaged."""
+    cached = entry / "result.json"
+    if not cached.is_file():
+        return None
+    try:
+        res = ExperimentResult.from_dict(json.loads(cached.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None  # a corrupt cache entry is recomputed, never trusted
+    if not all((entry / "figures" / Path(f).name).is_file() for f in res.figures):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    figs = []
+    for f in res.figures:
+        src = entry / "figures" / Path(f).name
+        dst = out / src.name
+        if src.resolve() != dst.resolve():
+            atomic_copy(src, dst)
+        figs.append(str(dst))
+    res.figures = figs
+    res.notes = [*res.notes, f"loaded from cache {entry}"]
     return res
 
 
@@ -210,20 +251,3 @@ def scale_of(configs: dict[str, Any], config: Any) -> str:
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

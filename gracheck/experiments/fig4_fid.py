@@ -53,8 +53,17 @@ distance at the same n is reported as the floor).
    would be), Gaussian blur lowers it monotonically (unit-tested), it needs no feature network,
    and its per-sample average over a few hundred samples has small sampling error.
 
-The claim is confirmed at a scale when every agreement check and both trend checks pass; otherwise
-it is refuted there, with the numbers. Thresholds are not retuned after seeing results.
+Three outcomes (:mod:`gracheck.base.verdicts`). Rule 1 is an equivalence test: **verified** iff the
+CI of r_β lies inside [0.8, 1.25], **refuted** iff it lies entirely outside (wholly above 1.25 or
+below 0.8), **inconclusive** when it crosses an end of the band. Rule 2 is a one-sided trend test:
+verified iff the CI's upper end is < 0, refuted iff its lower end is ≥ 0, inconclusive when it
+straddles 0. An inconclusive result says how many samples per model would decide it at the observed
+spread (CI half-width ∝ 1/√n; with one run per β this ignores run-to-run variation, which only more
+runs measure) and whether ``--scale paper`` (10,000 samples, 5 runs per β) provides them. The
+claim is verified when every check is, refuted when any is refuted, inconclusive otherwise. This
+three-outcome reading replaced the two-outcome one ("refuted" whenever a CI was not inside the
+band / below 0) before rerunning; no threshold or band changed. Thresholds are not retuned after
+seeing results.
 
 Reported besides (no decision): D per model and β with CIs, the real-vs-real floor (``n_samples``
 training images vs the held-out set), KID ± SE, the sharpness ratio GRAE≈/β-VAE per β, the real
@@ -81,7 +90,6 @@ trained for 5,000 steps on the official train split.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -93,11 +101,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.claims._registry import CheckResult, result
-from gracheck.experiments._common import ExperimentResult, Metric, config_dict, config_from_dict, now_utc, scale_of, torch_threads
+from gracheck.base import verdicts
+from gracheck.base.evidence import CheckResult, decided
+from gracheck.base.files import save_figure
+from gracheck.base.stats import derive_seed, percentile_interval
+from gracheck.base.validate import check_positive_int
+from gracheck.experiments import _zoo
+from gracheck.experiments._common import (
+    ExperimentResult,
+    Metric,
+    config_dict,
+    config_from_dict,
+    experiment_claim,
+    now_utc,
+    scale_of,
+    torch_threads,
+)
 
-CLAIM_ID = "fig4-fid-agree"
-SOURCE = "Fig. 4; Table 1; App. G"
+CLAIM = experiment_claim(
+    __name__,
+    id="fig4-fid-agree",
+    source="Fig. 4; Table 1; App. G",
+    statement="On CelebA 64×64, samples of β-VAE and GRAE≈ trained at the same β have close Fréchet "
+              "distances to held-out images across β, and both blur as β grows.",
+    title="Fig. 4 and Table 1 (App. G): Fréchet distances on CelebA",
+    shows="Fréchet distance of β-VAE and GRAE≈ samples to held-out CelebA images across β.",
+)
+CLAIM_ID = CLAIM.id
 MODELS = ("beta-vae", "grae-approx")
 MODEL_LABELS = {"beta-vae": "β-VAE", "grae-approx": "GRAE≈"}
 INCEPTION_NOT_RUN = "Inception FID: not run here (no weights file; set $GRACHECK_INCEPTION_WEIGHTS)"
@@ -223,16 +253,6 @@ def loglog_slope(betas, values) -> float:
     return float((bc * (y - y.mean())).sum() / (bc * bc).sum())
 
 
-def percentile_ci(reps, level: float) -> tuple[float, float]:
-    """(low, high) percentile interval of the finite bootstrap replicates ``reps``."""
-    r = np.asarray(reps, dtype=np.float64)
-    r = r[np.isfinite(r)]
-    if len(r) == 0:
-        return math.nan, math.nan
-    a = (1.0 - level) / 2.0
-    return float(np.quantile(r, a)), float(np.quantile(r, 1.0 - a))
-
-
 def hierarchical_bootstrap(
     runs: list[dict[str, np.ndarray]],
     heldout: np.ndarray,
@@ -289,10 +309,6 @@ def heldout_fits(heldout: np.ndarray, held_idx: np.ndarray) -> list[tuple[Any, A
     return [fit_gaussian(heldout[idx]) for idx in held_idx]
 
 
-def _seed(*keys: Any) -> int:
-    return int.from_bytes(hashlib.sha256(repr(keys).encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
 def _bkey(beta: float) -> str:
     return f"{float(beta):g}"
 
@@ -312,19 +328,19 @@ def statistics(data: dict[str, Any], cfg: Config) -> dict[str, Any]:
         for m in MODELS:
             fd_reps = np.asarray(e[m]["fd_boot"], dtype=np.float64)
             hf_reps = np.asarray(e[m]["hf_boot"], dtype=np.float64)
-            st[m] = {"fd": (e[m]["fd"], *percentile_ci(fd_reps, lvl)), "hf": (e[m]["hf"], *percentile_ci(hf_reps, lvl))}
+            st[m] = {"fd": (e[m]["fd"], *percentile_interval(fd_reps, lvl)), "hf": (e[m]["hf"], *percentile_interval(hf_reps, lvl))}
         ratio = e["grae-approx"]["fd"] / e["beta-vae"]["fd"]
         ratio_reps = np.asarray(e["grae-approx"]["fd_boot"]) / np.asarray(e["beta-vae"]["fd_boot"])
-        st["ratio"] = (ratio, *percentile_ci(ratio_reps, lvl))
+        st["ratio"] = (ratio, *percentile_interval(ratio_reps, lvl))
         hr = e["grae-approx"]["hf"] / e["beta-vae"]["hf"]
         hr_reps = np.asarray(e["grae-approx"]["hf_boot"]) / np.asarray(e["beta-vae"]["hf_boot"])
-        st["hf_ratio"] = (hr, *percentile_ci(hr_reps, lvl))
+        st["hf_ratio"] = (hr, *percentile_interval(hr_reps, lvl))
         out["per_beta"][k] = st
     for m in MODELS:
         pts = [data["per_beta"][_bkey(b)][m]["hf"] for b in betas]
         reps = np.stack([np.asarray(data["per_beta"][_bkey(b)][m]["hf_boot"], dtype=np.float64) for b in betas], 1)
         slope_reps = np.array([loglog_slope(betas, row) if np.all(row > 0) else math.nan for row in reps])
-        out["slope"][m] = (loglog_slope(betas, pts), *percentile_ci(slope_reps, lvl))
+        out["slope"][m] = (loglog_slope(betas, pts), *percentile_interval(slope_reps, lvl))
     return out
 
 
@@ -333,14 +349,11 @@ def statistics(data: dict[str, Any], cfg: Config) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 def train_config(cfg: Config, *, model: str, beta: float, seed: int, device: str):
     """The :class:`~gracheck.train.TrainConfig` of one model (Gaussian obs with unit variance, Sec. 7)."""
-    from gracheck.train import TrainConfig
-
-    return TrainConfig(
+    return _zoo.train_config(
         dataset="celeba", model=model, posterior="mean-field", latent_dim=cfg.latent_dim, beta=float(beta),
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=device, obs="gaussian",
         obs_variance=1.0, arch=cfg.arch, width=cfg.width, hidden=cfg.hidden, activation=cfg.activation,
-        grae_k=cfg.grae_k, eval_every=0, eval_size=cfg.n_heldout,
-        checkpoint_every=0 if cfg.steps <= 5000 else 5000, keep_checkpoints=1, num_threads=cfg.num_threads,
+        grae_k=cfg.grae_k, eval_size=cfg.n_heldout, keep_checkpoints=1, num_threads=cfg.num_threads,
     )  # one checkpoint per model: at width 1 a checkpoint (weights + Adam state) is ~1.1 GB
 
 
@@ -376,9 +389,7 @@ def _validate(cfg: Config) -> None:
             raise ValueError(f"betas: expected finite numbers > 0, got {b!r}")
     for name in ("runs", "latent_dim", "steps", "n_samples", "n_heldout", "bootstrap", "feature_steps",
                  "kid_subset_size", "kid_subsets", "grid_side"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        check_positive_int(name, getattr(cfg, name))
     if cfg.n_samples < 2 or cfg.n_heldout < 2:
         raise ValueError(f"n_samples, n_heldout: need at least 2 each, got {cfg.n_samples}, {cfg.n_heldout}")
     if cfg.kid_subset_size < 2:
@@ -449,15 +460,15 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
                 for r, s in enumerate(seeds):
                     say(f"fig4: β={beta:g}, {MODEL_LABELS[m]}, run {r + 1}/{config.runs} (seed {s})")
                     tc = train_config(config, model=m, beta=beta, seed=s, device=device)
-                    model, tres = trained(tc)
+                    model, tres = trained(tc, say=progress)
                     train_s += float(tres.get("seconds", 0.0))
                     model_eval[f"{m},beta={k},seed={s}"] = tres.get("eval_metrics", {})
-                    x = prior_samples(model, config.n_samples, seed=_seed("fig4-z", s, k), device=device,
+                    x = prior_samples(model, config.n_samples, seed=derive_seed("fig4-z", s, k), device=device,
                                       batch=config.eval_batch)
                     feats = fid.domain_features(fnet, x).numpy()
                     kid_m, kid_se = fid.kid(feats, f_held, subset_size=min(config.kid_subset_size, config.n_samples,
                                                                            config.n_heldout),
-                                            n_subsets=config.kid_subsets, seed=_seed("fig4-kid", s, k, m))
+                                            n_subsets=config.kid_subsets, seed=derive_seed("fig4-kid", s, k, m))
                     entry = {
                         "seed": s, "features": feats, "hf": hf_energy_fraction(x, config.hf_cutoff).numpy(),
                         "kid": kid_m, "kid_se": kid_se,
@@ -494,7 +505,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         real_boot = hierarchical_bootstrap([{"features": f_real, "hf": hf_real}], f_held, B=B, rng=rng, held_idx=held_idx,
                                            held_fits=hfits)
         kid_real = fid.kid(f_real, f_held, subset_size=min(config.kid_subset_size, config.n_samples, config.n_heldout),
-                           n_subsets=config.kid_subsets, seed=_seed("fig4-kid-real", seed))
+                           n_subsets=config.kid_subsets, seed=derive_seed("fig4-kid-real", seed))
 
     data: dict[str, Any] = {
         "betas": [float(b) for b in config.betas],
@@ -548,7 +559,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
             note=f"{MODEL_LABELS[m]}: d log(mean sharpness)/d log β, least squares over β; decision: CI upper end < 0")
     rf = data["real"]
     shift = float(np.mean(rf["fd_boot"])) - rf["fd"]
-    flo, fhi = percentile_ci(np.asarray(rf["fd_boot"]) - shift, lvl)
+    flo, fhi = percentile_interval(np.asarray(rf["fd_boot"]) - shift, lvl)
     metrics["real_vs_heldout/domain_frechet_distance"] = Metric(
         rf["fd"], max(flo, 0.0), fhi, level=lvl, n=n, unit="",
         note=f"floor: {n} real training images vs the {nh} held-out images (same n as the models); bootstrap "
@@ -614,44 +625,50 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:
-    """Apply the module docstring's decision rule to the stored point values and bootstrap replicates."""
+    """Apply the module docstring's decision rules to the stored point values and bootstrap replicates."""
     cfg = config_from_dict(Config, res.config)
     seed = res.seeds[0] if res.seeds else 0
     stats = statistics(res.data, cfg)
     lvl = f"{cfg.ci_level:.0%}"
     lo_b, hi_b = 1.0 / cfg.ratio_band, cfg.ratio_band
     scale = f"{res.scale}, {cfg.runs} run(s)/β, {cfg.n_samples} samples vs {cfg.n_heldout} held-out, seeds {res.seeds}"
+    paper_n = CONFIGS["paper"].n_samples
     out: list[CheckResult] = []
     for beta in res.data["betas"]:
         k = _bkey(beta)
         st = stats["per_beta"][k]
         r, rlo, rhi = st["ratio"]
-        ok = bool(math.isfinite(rlo) and math.isfinite(rhi) and rlo >= lo_b and rhi <= hi_b)
+        d = verdicts.equivalence((rlo, rhi), lo_b, hi_b, what=f"D(GRAE≈)/D(β-VAE) at β={k}", level=cfg.ci_level)
+        note = "" if d.outcome != "inconclusive" else verdicts.decide_sentence(
+            r, (rlo, rhi), cfg.n_samples, unit="samples per model", paper_n=paper_n, low=lo_b, high=hi_b)
         worst = max(abs(math.log(rlo)), abs(math.log(rhi))) if rlo > 0 and rhi > 0 else math.inf
-        out.append(result(
-            CLAIM_ID, "empirical", passed=ok,
+        out.append(decided(
+            CLAIM_ID, d, seed=seed, note=note,
             measured={"ratio": r, "ci": [rlo, rhi], "d_beta_vae": st["beta-vae"]["fd"][0],
                       "d_grae_approx": st["grae-approx"]["fd"][0]},
             expected=f"{lvl} CI of D(GRAE≈)/D(β-VAE) inside [{lo_b:.3g}, {hi_b:g}]",
             abs_err=worst, atol=math.log(hi_b),
             detail=(f"[β={k}, {scale}] domain Fréchet distance (NOT FID) to held-out CelebA: β-VAE "
                     f"{_fmt_ci(st['beta-vae']['fd'])}, GRAE≈ {_fmt_ci(st['grae-approx']['fd'])}; ratio GRAE≈/β-VAE "
-                    f"{r:.3f} ({lvl} CI {rlo:.3f}–{rhi:.3f}); passes iff the CI lies inside [{lo_b:.3g}, {hi_b:g}] "
-                    "(abs err = worst |log ratio| at the CI ends, atol = log band)."),
-            seed=seed,
+                    f"{r:.3f} ({lvl} CI {rlo:.3f}–{rhi:.3f}); verified iff the CI lies inside [{lo_b:.3g}, {hi_b:g}], "
+                    "refuted iff it lies entirely outside (abs err = worst |log ratio| at the CI ends, atol = log band)."),
         ))
     for m in MODELS:
         s, slo, shi = stats["slope"][m]
         hf_txt = ", ".join(f"β={_bkey(b)}: {stats['per_beta'][_bkey(b)][m]['hf'][0]:.4f}" for b in res.data["betas"])
-        out.append(result(
-            CLAIM_ID, "empirical", passed=bool(math.isfinite(shi) and shi < 0.0),
+        d = verdicts.one_sided((slo, shi), 0.0, claimed="below", level=cfg.ci_level,
+                               what=f"d log(sharpness)/d log β of {MODEL_LABELS[m]}")
+        note = "" if d.outcome != "inconclusive" else verdicts.decide_sentence(
+            s, (slo, shi), cfg.n_samples, unit="samples per model", paper_n=paper_n, high=0.0)
+        out.append(decided(
+            CLAIM_ID, d, seed=seed, note=note,
             measured={"slope": s, "ci": [slo, shi]},
-            expected=f"{lvl} CI upper end of d log(sharpness)/d log β < 0",
+            expected=f"{lvl} CI of d log(sharpness)/d log β entirely below 0",
             abs_err=shi, atol=0.0,
             detail=(f"[{MODEL_LABELS[m]}, {scale}] blur with β: sharpness = share of luma spectral power at "
                     f"≥ {cfg.hf_cutoff:g} cycles/px ({hf_txt}; real images {res.data['real']['hf']:.4f}); log-log "
-                    f"slope {s:+.3f} ({lvl} CI {slo:+.3f} to {shi:+.3f}); passes iff the upper end < 0."),
-            seed=seed,
+                    f"slope {s:+.3f} ({lvl} CI {slo:+.3f} to {shi:+.3f}); verified iff the upper end < 0, refuted iff "
+                    "the lower end ≥ 0."),
         ))
     return out
 
@@ -711,7 +728,7 @@ def draw_figures(
     fig.suptitle(f"Table 1 layout — CelebA 64×64 samples from N(0, I)\n{tag}", fontsize=10)
     fig.tight_layout()
     p = out_dir / "fig4_table1_samples.png"
-    fig.savefig(p, dpi=120)
+    save_figure(fig, p, dpi=120)
     plt.close(fig)
     paths.append(p)
 
@@ -728,7 +745,7 @@ def draw_figures(
         fig.suptitle(f"App. G layout — prior samples at β = {b:g} ({tag})", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.94))
         p = out_dir / f"fig4_samples_beta{k}.png"
-        fig.savefig(p, dpi=110)
+        save_figure(fig, p, dpi=110)
         plt.close(fig)
         paths.append(p)
 
@@ -773,7 +790,7 @@ def draw_figures(
                  fontsize=10)
     fig.tight_layout()
     p = out_dir / "fig4_summary.png"
-    fig.savefig(p, dpi=110)
+    save_figure(fig, p, dpi=110)
     plt.close(fig)
     paths.append(p)
     return paths

@@ -10,11 +10,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gracheck.base.files import save_figure
+
 # Status colours (the report always prints the word too; colour is never the only cue).
 STATUS_COLOURS = {
     "verified": "#1a7f37",
     "erratum-confirmed": "#0969da",
     "refuted": "#bc4c00",
+    "inconclusive": "#8250df",
     "failed": "#cf222e",
     "skipped": "#6e7781",
 }
@@ -64,8 +67,7 @@ def summary_figure(entries: list[dict[str, Any]], path: Path, base: Path) -> str
         )
         ax.grid(axis="x", which="major", alpha=0.3)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
     return path.resolve().relative_to(base.resolve()).as_posix()

@@ -36,6 +36,7 @@ code, .mono { font-family: "DejaVu Sans Mono", "Liberation Mono", Menlo, monospa
 .meta { color: var(--muted); font-size: 13px; }
 .alert { border: 2px solid #cf222e; background: #ffebe9; padding: 8px 14px; border-radius: 6px; margin: 10px 0; }
 .finding { border: 2px solid #bc4c00; background: #fff1e5; padding: 8px 14px; border-radius: 6px; margin: 10px 0; }
+.finding.inconclusive { border-color: #8250df; background: #fbefff; }
 .notrun { border: 1px dashed #6e7781; background: var(--soft); padding: 8px 14px; border-radius: 6px; margin: 10px 0; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 14px; font-size: 13.5px; }
 th, td { border: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
@@ -105,8 +106,10 @@ def _metrics(base: Path, exp: dict[str, Any], label: str, cid: str) -> str:
     out.append(_table(T.METRIC_HEADER, rows, classes={1: "num", 2: "num"}) if rows else "<p>(no metrics reported)</p>")
     for f in exp.get("figures", []):
         out.append(_figure(base, f, f"{cid} — {label}"))
-    if exp.get("notes"):
-        out.append("<ul>" + "".join(f"<li>note: {_e(n)}</li>" for n in exp["notes"]) + "</ul>")
+    data_line = T.data_read_line(exp)
+    notes = [*exp.get("notes", []), *([data_line] if data_line else [])]
+    if notes:
+        out.append("<ul>" + "".join(f"<li>note: {_e(n)}</li>" for n in notes) + "</ul>")
     return "".join(out)
 
 
@@ -123,8 +126,8 @@ def _experiment_section(doc: dict[str, Any], base: Path, title: str, cid: str, s
     else:
         out.append(_metrics(base, e, f"Ours — {e['scale']} scale, seeds {e['seeds']}, {e['device']}, "
                                      f"{e['seconds']:.1f} s", cid))
-    if c is not None and c["status"] == "refuted":
-        out.append(f'<p class="finding"><strong>Finding — refuted at {_e(c["scale"])} scale:</strong> '
+    if c is not None and c["status"] in ("refuted", "inconclusive"):
+        out.append(f'<p class="finding {_e(c["status"])}"><strong>Finding — {_e(c["status"])} at {_e(c["scale"])} scale:</strong> '
                    f"{_e(c['reason'])}</p>")
     p = e.get("paper_scale") if e else None
     if p is None:
@@ -164,18 +167,20 @@ def render_html(doc: dict[str, Any], base: Path) -> str:
              '<a href="#evidence">Evidence</a><a href="#env">Environment</a></nav>')
 
     failed = [c for c in doc["claims"] if c["status"] == "failed"]
-    refuted = [c for c in doc["claims"] if c["status"] == "refuted"]
     if failed:
         B.append("<h2>Failures</h2>")
         for c in failed:
             what = "errored" if c["errored"] else "failed"
             B.append(f'<div class="alert"><strong><code>{_e(c["id"])}</code> ({_e(c["source"])}) {what}:</strong> '
                      f"{_e(c['reason'])}</div>")
-    if refuted:
-        B.append("<h2>Findings: empirical claims refuted here</h2>")
-        for c in refuted:
-            B.append(f'<div class="finding"><strong><code>{_e(c["id"])}</code> ({_e(c["source"])}) refuted at '
-                     f"{_e(c['scale'])} scale, seed {_e(c['seed'])}:</strong> {_e(c['reason'])}</div>")
+    for status, title in (("refuted", "Findings: empirical claims refuted here"),
+                          ("inconclusive", "Findings: empirical claims inconclusive here (the experiment could not decide)")):
+        found = T.findings(doc, status)
+        if found:
+            B.append(f'<h2 id="findings-{status}">{_e(title)}</h2>')
+            for c in found:
+                B.append(f'<div class="finding {status}"><strong><code>{_e(c["id"])}</code> ({_e(c["source"])}) '
+                         f"{_badge(status)} at {_e(c['scale'])} scale, seed {_e(c['seed'])}:</strong> {_e(c['reason'])}</div>")
 
     B.append('<h2 id="summary">Summary</h2>')
     rows = [

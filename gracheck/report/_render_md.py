@@ -23,9 +23,10 @@ def _metrics_block(exp: dict[str, Any], label: str) -> list[str]:
     lines += _table(T.METRIC_HEADER, rows) if rows else ["(no metrics reported)", ""]
     for f in exp.get("figures", []):
         lines += [f"![{exp.get('claim_id', '')} — {f}]({f})", ""]
-    for n in exp.get("notes", []):
+    data_line = T.data_read_line(exp)
+    for n in [*exp.get("notes", []), *([data_line] if data_line else [])]:
         lines.append(f"- note: {n}")
-    if exp.get("notes"):
+    if exp.get("notes") or data_line:
         lines.append("")
     return lines
 
@@ -42,8 +43,8 @@ def _experiment_section(doc: dict[str, Any], title: str, cid: str, shows: str) -
     else:
         label = f"Ours — {e['scale']} scale, seeds {e['seeds']}, {e['device']}, {e['seconds']:.1f} s"
         lines += _metrics_block({**e, "claim_id": cid}, label)
-    if c is not None and c["status"] == "refuted":
-        lines += [f"> **Finding — refuted at {c['scale']} scale:** {_cell(c['reason'])}", ""]
+    if c is not None and c["status"] in ("refuted", "inconclusive"):
+        lines += [f"> **Finding — {c['status']} at {c['scale']} scale:** {_cell(c['reason'])}", ""]
     p = e.get("paper_scale") if e else None
     if p is None:
         lines += ["*Not run at paper scale here* (no `results/" + cid + "-paper.json` committed).", ""]
@@ -79,24 +80,26 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
     # Failures and findings first: they are what a reader must not miss.
     failed = [c for c in doc["claims"] if c["status"] == "failed"]
-    refuted = [c for c in doc["claims"] if c["status"] == "refuted"]
     if failed:
         L += ["## Failures", ""]
         for c in failed:
             what = "errored" if c["errored"] else "failed"
             L += [f"- **`{c['id']}` ({c['source']}) {what}:** {_cell(c['reason'])}"]
         L.append("")
-    if refuted:
-        L += ["## Findings: empirical claims refuted here", ""]
-        for c in refuted:
-            L += [f"- **`{c['id']}` ({c['source']}) refuted at {c['scale']} scale, seed {c['seed']}:** "
-                  f"{_cell(c['reason'])}"]
-        L.append("")
+    for status, title in (("refuted", "Findings: empirical claims refuted here"),
+                          ("inconclusive", "Findings: empirical claims inconclusive here (the experiment could not decide)")):
+        found = T.findings(doc, status)
+        if found:
+            L += [f"## {title}", ""]
+            for c in found:
+                L += [f"- **`{c['id']}` ({c['source']}) {status} at {c['scale']} scale, seed {c['seed']}:** "
+                      f"{_cell(c['reason'])}"]
+            L.append("")
 
     L += ["## Summary", ""]
     rows = [
         [f"`{c['id']}`", c["source"], c["statement"], ", ".join(c["methods_run"] or c["methods"]) or "—",
-         c["status"].upper() if c["status"] in ("failed", "refuted") else c["status"],
+         c["status"].upper() if c["status"] in ("failed", "refuted", "inconclusive") else c["status"],
          c["scale"] or "exact", T.worst_text(c)]
         for c in doc["claims"]
     ]

@@ -1,25 +1,32 @@
 """Run the claims and assemble the report document (the content of ``results.json``).
 
-Data flow: :func:`build_report` selects claims from the registry, runs each one
-(:func:`_run_claim`), turns the evidence into a status by the rules below, adds
-the experiments' numbers and any committed paper-scale results, writes
-``results.json`` and hands the same document to the Markdown and HTML renderers.
+Data flow: :func:`build_report` selects claims from the registry and runs each method of each
+claim through :meth:`Claim.check <gracheck.base.evidence.Claim.check>` (:func:`_run_methods`; the
+one path, empirical claims included: their evidence carries the ExperimentResult it was computed
+from as ``Evidence.record``, which gives the report its numbers and figures), turns the evidence
+into a status by the rules below, adds any committed paper-scale results (judged by the same
+``Claim.check``, ``from_result=``), writes ``results.json`` and hands the same document to the
+Markdown and HTML renderers.
 
 Status of a claim (one per claim, from this run only):
 
 - derivation: ``verified`` if every CheckResult passed, else ``failed``;
 - erratum: ``erratum-confirmed`` if every CheckResult passed, else ``failed``;
-- empirical: ``verified`` if every CheckResult passed, ``refuted`` if a check ran and
-  did not pass (a finding, not an error);
-- a failing result outranks a skip; otherwise a method that raised
+- empirical: from the outcomes of its decision rules (:func:`gracheck.base.verdicts.combine`): any
+  ``refuted`` → ``refuted``; else any ``inconclusive`` → ``inconclusive``; else ``verified``. A
+  result without an outcome (a check written before the three outcomes) reads as verified when it
+  passed and refuted otherwise. Refuted and inconclusive are findings, not errors;
+- a failing, refuted or inconclusive result outranks a skip; otherwise a method that raised
   :class:`~gracheck.claims.CheckSkipped` makes the claim ``skipped`` (with ``reason``),
   even when other methods passed: a skipped claim is never counted as verified;
 - any other exception makes the claim ``failed`` with ``errored: true`` and the
   traceback summary in ``reason``.
 
-Exit code: 0 when no derivation or erratum failed and nothing errored (skips and
-refuted empirical claims allowed); 1 otherwise, or when ``strict`` and an empirical
-claim was refuted.
+Exit codes (:data:`EXIT_CODES`): 0 when no derivation or erratum failed and nothing errored (skips,
+refuted and inconclusive empirical claims allowed); 1 when a derivation or erratum failed, or, with
+``strict``, when an empirical claim that ran is not verified (refuted or inconclusive); 2 for bad
+usage (the CLI); 3 for an internal error or a bad environment: a check raised (the document is
+still written, with the traceback), or the report could not be written (the CLI). 3 outranks 1.
 
 Paper-scale results committed to the repository live in ``results/<claim_id>-paper.json``:
 an ``ExperimentResult.to_dict()`` object plus a ``provenance`` object
@@ -35,7 +42,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -43,64 +49,37 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import gracheck
-from gracheck.claims import _registry
-from gracheck.claims._registry import CheckResult, CheckSkipped, Claim
-from gracheck.experiments._common import (
-    EXPERIMENT_MODULES,
-    SCALES,
-    ExperimentResult,
-    atomic_write_text,
-    now_utc,
-)
+from gracheck import claims as _claims
+from gracheck.base.evidence import CheckResult, CheckSkipped, Claim, Evidence, jsonable
+from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit, is_terminal
+from gracheck.base.verdicts import combine
+from gracheck.base.version import __version__
+from gracheck.experiments import SCALES, ExperimentResult, now_utc
 
-STATUSES = ("verified", "erratum-confirmed", "refuted", "failed", "skipped")
+STATUSES = ("verified", "erratum-confirmed", "refuted", "inconclusive", "failed", "skipped")
 
-# The paper's figures, in paper order: (section title, claim id, what the paper shows).
-FIGURE_SECTIONS: tuple[tuple[str, str, str], ...] = (
-    (
-        "Fig. 1 (and Fig. 5, 6; App. C): rotation of the inferred latents",
-        "fig1-rotation-uniqueness",
-        "Rotation angle between true and inferred latents against the ELBO's distance to its optimum, "
-        "diagonal vs full posterior covariance, on the 2-D synthetic data.",
-    ),
-    (
-        "Fig. 2 (and Fig. 7): posterior precision vs JᵀJ",
-        "fig2-precision-matches-jtj",
-        "Σ⁻¹ and JᵀJ at held-out MNIST points for block-diagonal posteriors.",
-    ),
-    (
-        "Fig. 3 (App. F): β-VAE, Taylor and GRAE objectives",
-        "fig3-objectives-agree",
-        "The three objectives on held-out MNIST over training, and their gaps against β.",
-    ),
-    (
-        "Fig. 4 and Table 1 (App. G): Fréchet distances on CelebA",
-        "fig4-fid-agree",
-        "Fréchet distance of β-VAE and GRAE≈ samples to held-out CelebA images across β.",
-    ),
-    (
-        "Eq. 5–6 on trained decoders: the second-order residual",
-        "eq6-residual-trained",
-        "Size of Σ_k (∂log p/∂g_k)∇²g_k relative to JᵀH_pJ at held-out points.",
-    ),
-    (
-        "Sec. 5.3 and 7: GRAE≈ trains like a β-VAE",
-        "grae-approx-trains-like-beta-vae",
-        "Held-out objectives and domain Fréchet distance of GRAE≈ vs β-VAE at the same β.",
-    ),
-)
+EXIT_OK, EXIT_CLAIM_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "every derivation verified, every erratum confirmed, nothing errored",
+    EXIT_CLAIM_FAILED: "a derivation or erratum failed (or, with --strict, an empirical claim that ran is not verified)",
+    EXIT_USAGE: "bad usage",
+    EXIT_INTERNAL: "internal error or bad environment (a check raised, or the report could not be written)",
+}
 
 
 class UsageError(ValueError):
     """Bad arguments to the report (unknown claim id, scale, device, ...): exit code 2 on the CLI."""
 
 
+class ReportEnvironmentError(OSError):
+    """The environment does not let the report run (e.g. ``--out`` cannot be written): exit code 3 on the CLI."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ReportResult:
     """What :func:`build_report` produced.
 
-    ``exit_code`` (0 / 1, see the module docstring), the paths of the written files,
+    ``exit_code`` (0 / 1 / 3, see the module docstring), the paths of the written files,
     ``counts`` per status and ``claims``: one summary dict per claim
     (``id``, ``kind``, ``status``, ``errored``, ``reason``).
     """
@@ -127,25 +106,6 @@ def summary_line(counts: dict[str, int], seconds: float | None = None) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def jsonable(v: Any) -> Any:
-    """A strict-JSON copy of ``v``: non-finite floats become strings ("nan", "inf", "-inf")."""
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else repr(v)
-    if isinstance(v, Path):
-        return str(v)
-    if hasattr(v, "tolist"):
-        return jsonable(v.tolist())
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return jsonable(dataclasses.asdict(v))
-    return str(v)
-
-
 def _as_float(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
@@ -159,39 +119,38 @@ def _as_float(v: Any) -> float | None:
     return None
 
 
+def _ratio(r: dict[str, Any]) -> tuple[float, float, float, str] | None:
+    """(error / allowed, error, allowed, "abs" | "rel") of a "within" result, by the rule of
+    :func:`gracheck.base.evidence.compare` (allowed = atol + rtol·|expected|); None when it has none."""
+    if r.get("sense", "within") != "within":
+        return None  # refutations and negative controls pass by exceeding a threshold: not an "error"
+    abs_err, rel_err = _as_float(r.get("abs_err")), _as_float(r.get("rel_err"))
+    atol, rtol = _as_float(r.get("atol")), _as_float(r.get("rtol"))
+    exp = _as_float(r.get("expected"))
+    if abs_err is not None and (atol or rtol):
+        allowed = (atol or 0.0) + (rtol or 0.0) * (abs(exp) if exp is not None else 0.0)
+        if allowed > 0 and not math.isnan(abs_err / allowed):
+            return abs_err / allowed, abs_err, allowed, "abs"
+    if rel_err is not None and rtol and not math.isnan(rel_err / rtol):
+        return rel_err / rtol, rel_err, rtol, "rel"
+    return None
+
+
 def worst_error(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The result closest to (or furthest past) its tolerance, as ``{ratio, text, method, ...}``.
 
     ``ratio`` = error / allowed, where allowed = atol + rtol·|expected| (the rule of
-    :func:`gracheck.claims._registry.compare`); below 1 passes. None when no result
+    :func:`gracheck.base.evidence.compare`); below 1 passes. None when no result
     carries both an error and a tolerance.
     """
     best: dict[str, Any] | None = None
     for r in results:
-        if r.get("sense", "within") != "within":
-            continue  # refutations and negative controls pass by exceeding a threshold: not an "error"
-        abs_err, rel_err = _as_float(r.get("abs_err")), _as_float(r.get("rel_err"))
-        atol, rtol = _as_float(r.get("atol")), _as_float(r.get("rtol"))
-        exp = _as_float(r.get("expected"))
-        ratio = err = allowed = None
-        kind = ""
-        if abs_err is not None and (atol or rtol):
-            allowed = (atol or 0.0) + (rtol or 0.0) * (abs(exp) if exp is not None else 0.0)
-            if allowed > 0:
-                ratio, err, kind = abs_err / allowed, abs_err, "abs"
-        if ratio is None and rel_err is not None and rtol:
-            ratio, err, allowed, kind = rel_err / rtol, rel_err, rtol, "rel"
-        if ratio is None or math.isnan(ratio):
+        q = _ratio(r)
+        if q is None:
             continue
-        if best is None or ratio > best["ratio"]:
-            best = {
-                "ratio": ratio,
-                "error": err,
-                "allowed": allowed,
-                "kind": kind,
-                "method": r.get("method", ""),
-                "passed": bool(r.get("passed")),
-            }
+        if best is None or q[0] > best["ratio"]:
+            best = {"ratio": q[0], "error": q[1], "allowed": q[2], "kind": q[3], "method": r.get("method", ""),
+                    "passed": bool(r.get("passed"))}
     if best is None:
         return None
     word = "abs err" if best["kind"] == "abs" else "rel err"
@@ -199,27 +158,37 @@ def worst_error(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
+def outcome_of(r: dict[str, Any]) -> str:
+    """A result's decision outcome: its ``outcome``, else (a check written without one) verified if it
+    passed and refuted if not."""
+    return r.get("outcome") or ("verified" if r.get("passed") else "refuted")
+
+
+def deciding_check(status: str, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The check that decided an empirical claim's status, for the summary's "worst error vs tolerance" column.
+
+    Refuted or inconclusive: among the results with that outcome, the one furthest past its threshold
+    (largest error / allowed when it has one), else the first. Verified: the result closest to its
+    threshold, else the first. ``text`` is that result's reason (or its detail).
+    """
+    pool = [r for r in results if outcome_of(r) == status] if status in ("refuted", "inconclusive") else list(results)
+    if not pool:
+        return None
+    scored = [(q[0], i, q) for i, r in enumerate(pool) if (q := _ratio(r)) is not None]
+    i, q = (max(scored)[1], max(scored)[2]) if scored else (0, None)
+    r = pool[i]
+    why = r.get("reason") or r.get("detail") or ""
+    return {
+        "ratio": q[0] if q else None, "error": q[1] if q else None, "allowed": q[2] if q else None,
+        "kind": "decision", "method": r.get("method", ""), "passed": bool(r.get("passed")),
+        "outcome": outcome_of(r), "text": f"{outcome_of(r)}: {why}",
+    }
+
+
 def _traceback_summary(exc: BaseException, limit: int = 4) -> str:
     tb = traceback.extract_tb(exc.__traceback__)[-limit:]
     where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in tb)
     return f"{type(exc).__name__}: {exc} [at {where}]"
-
-
-def _normalise(claim: Claim, evidence: Any, seconds: float) -> list[CheckResult]:
-    """What Claim.check does to a check's return value: a list, seconds and source filled in."""
-    batch = [evidence] if isinstance(evidence, CheckResult) else list(evidence)
-    if not batch:
-        raise RuntimeError(f"claim {claim.id}: the check returned no evidence")
-    out = []
-    for r in batch:
-        if not isinstance(r, CheckResult):
-            raise TypeError(f"claim {claim.id}: check returned {type(r).__name__}, not CheckResult")
-        if r.seconds == 0.0:
-            r = dataclasses.replace(r, seconds=seconds / len(batch))
-        if not r.source:
-            r = dataclasses.replace(r, source=claim.source)
-        out.append(r)
-    return out
 
 
 def _candidate_name(c: Callable) -> str:
@@ -229,28 +198,6 @@ def _candidate_name(c: Callable) -> str:
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def _git_commit() -> str | None:
-    repo = Path(gracheck.__file__).resolve().parents[1]
-    if not (repo / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        commit = head.stdout.strip()
-        return commit + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _cpu_name() -> str:
@@ -291,7 +238,7 @@ def environment(device: str) -> dict[str, Any]:
         "device_name": dev_name,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
@@ -302,7 +249,7 @@ def default_device() -> str:
 
 
 def default_results_dir() -> Path | None:
-    d = Path(gracheck.__file__).resolve().parents[1] / "results"
+    d = REPO_ROOT / "results"
     return d if d.is_dir() else None
 
 
@@ -310,42 +257,51 @@ def default_results_dir() -> Path | None:
 
 
 def _run_methods(claim: Claim, *, seed: int, candidate: Callable | None, kw: dict[str, Any]):
-    """Run every method of ``claim`` separately, so one skipped method does not hide the others.
+    """Run every method of ``claim`` through :meth:`Claim.check`, separately, so one skipped method does not
+    hide the others; ``kw`` goes to the "empirical" method only.
 
-    Returns (results, skipped_reasons, error) where error is the exception summary or None.
+    Returns (results, skipped_reasons, error, record): error is the exception summary or None; record
+    is what the evidence was computed from (an empirical claim's ExperimentResult) or None.
     """
     results: list[CheckResult] = []
     skipped: list[str] = []
-    names = list(claim._checks)
+    record = None
+    names = list(claim.checks)
     if not names:
         try:
             claim.check(seed=seed, candidate=candidate)  # raises CheckSkipped("no check implemented yet")
-            return results, ["the claim has no check"], None
+            return results, ["the claim has no check"], None, None
         except CheckSkipped as e:
-            return results, [str(e)], None
+            return results, [str(e)], None, None
     for name in names:
         try:
             mkw = kw if name == "empirical" else {}
-            results.extend(claim.check(name, seed=seed, candidate=candidate, **mkw))
+            ev = claim.check(name, seed=seed, candidate=candidate, **mkw)
+            results.extend(ev)
+            if isinstance(ev, Evidence) and ev.record is not None:
+                record = ev.record
         except CheckSkipped as e:
             skipped.append(f"{name}: {e}")
         except Exception as e:  # noqa: BLE001 - any error is reported, never hidden
-            return results, skipped, f"{name}: {_traceback_summary(e)}"
-    return results, skipped, None
+            return results, skipped, f"{name}: {_traceback_summary(e)}", record
+    return results, skipped, None, record
 
 
 def _status(kind: str, results: list[CheckResult], skipped: list[str], error: str | None) -> tuple[str, str]:
     if error is not None:
         return "failed", error
-    if any(not r.passed for r in results):
-        bad = [r for r in results if not r.passed]
-        if kind == "empirical":
+    if kind == "empirical" and results:
+        outcomes = [outcome_of(r.to_dict()) for r in results]
+        status = combine(outcomes)
+        if status != "verified":
             # a reader wants the decision rule's own sentence (numbers, CI, rule), not the raw record;
             # the full records stay under "Evidence per claim" and in results.json
-            shown = " | ".join(r.detail or r.failure_message() for r in bad[:2])
+            bad = [r for r, o in zip(results, outcomes) if o == status]
+            shown = " | ".join(r.reason or r.detail or r.failure_message() for r in bad[:2])
             more = f" | … and {len(bad) - 2} more" if len(bad) > 2 else ""
-            return "refuted", f"{len(bad)} of {len(results)} decision-rule checks did not hold: {shown}{more}"
-        return "failed", bad[0].failure_message()
+            return status, f"{len(bad)} of {len(results)} decision rules {status}: {shown}{more}"
+    elif any(not r.passed for r in results):
+        return "failed", next(r for r in results if not r.passed).failure_message()
     if skipped:
         return "skipped", "; ".join(skipped)
     if not results:
@@ -394,19 +350,21 @@ def _experiment_entry(
             created=res.created,
             notes=list(res.notes),
             data=res.data,
+            data_read=res.data_read,
         )
     return entry
 
 
-def load_paper_result(claim_id: str, results_dir: Path | None, out_dir: Path) -> dict[str, Any] | None:
-    """The committed paper-scale result for ``claim_id`` as a report entry, or None if there is none.
+def load_paper_result(claim: Claim, results_dir: Path | None, out_dir: Path, *, seed: int = 0) -> dict[str, Any] | None:
+    """The committed paper-scale result of the empirical ``claim`` as a report entry, or None if there is none.
 
     A file that exists but cannot be read gives an entry with ``error`` (shown, never hidden).
-    Its figures are copied into ``out_dir/figures`` with a ``paper-`` prefix.
+    Its figures are copied into ``out_dir/figures`` with a ``paper-`` prefix. Its verdict comes from
+    ``claim.check("empirical", from_result=...)``: the same decision rules as this run's.
     """
     if results_dir is None:
         return None
-    path = Path(results_dir) / f"{claim_id}-paper.json"
+    path = Path(results_dir) / f"{claim.id}-paper.json"
     if not path.is_file():
         return None
     entry: dict[str, Any] = {"path": str(path), "error": ""}
@@ -427,18 +385,10 @@ def load_paper_result(claim_id: str, results_dir: Path | None, out_dir: Path) ->
             figs.append(dst.relative_to(out_dir).as_posix())
     verdict, verdict_reason, results = "not checked", "", []
     try:
-        from gracheck.experiments._common import load_module
-
-        mod = load_module(claim_id)
-        t0 = time.perf_counter()
-        claim = _registry._REGISTRY.get(claim_id)
-        ev = mod.check(res)
-        results = _normalise(claim, ev, time.perf_counter() - t0) if claim else []
-        verdict = "verified" if all(r.passed for r in results) and results else "refuted"
+        results = list(claim.check("empirical", seed=seed, from_result=res))
+        verdict = combine(outcome_of(r.to_dict()) for r in results)
     except CheckSkipped as e:
         verdict_reason = str(e)
-    except ModuleNotFoundError as e:
-        verdict_reason = f"the experiment module is not available here: {e}"
     except Exception as e:  # noqa: BLE001
         verdict, verdict_reason = "error", _traceback_summary(e)
     entry.update(
@@ -456,6 +406,7 @@ def load_paper_result(claim_id: str, results_dir: Path | None, out_dir: Path) ->
         seconds=res.seconds,
         created=res.created,
         notes=list(res.notes),
+        data_read=res.data_read,
         verdict=verdict,
         verdict_reason=verdict_reason,
         results=[r.to_dict() for r in results],
@@ -488,13 +439,19 @@ class _Progress:
 
 
 class _TerminalSink:
-    """Progress on stderr: a "running" line that the result line then overwrites."""
+    """Progress on stderr. On a terminal (``live``) a "running" line that the result line then overwrites;
+    otherwise (CI logs, pipes, nohup) only whole lines, each flushed as it is written: one per claim as it
+    finishes (id, status, seconds) and the experiments' lines (each model trained). ``live``: default
+    whether the stream is a terminal."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, live: bool | None = None):
         self.stream = stream if stream is not None else sys.stderr
+        self.live = is_terminal(self.stream) if live is None else live
         self.pending = False
 
     def begin(self, s: str) -> None:
+        if not self.live:  # a log keeps only finished lines
+            return
         self.stream.write(s)
         self.stream.flush()
         self.pending = True
@@ -511,7 +468,7 @@ class _TerminalSink:
 
 
 def select_claims(only: Iterable[str] | None) -> list[Claim]:
-    claims = _registry.registry()
+    claims = _claims.registry()
     if only is None:
         return claims
     only = list(only)
@@ -559,8 +516,10 @@ def build_report(
     ``device``: "cpu" | "cuda" | "cuda:N"; default cuda when available. ``only``: claim ids
     (default: every registered claim). ``candidates``: claim id -> implementation under test,
     for claims with ``takes_candidate`` (the report then says a candidate was checked).
-    ``strict``: a refuted empirical claim also gives exit code 1. ``quiet``: no progress
-    lines; ``progress`` receives them instead of stderr when given. ``results_dir``: the
+    ``strict``: an empirical claim that ran and is not verified (refuted or inconclusive) gives exit
+    code 1. ``quiet``: no progress
+    lines; otherwise they go to stderr (a live display on a terminal, one line per claim as it finishes
+    elsewhere); ``progress`` receives them instead of stderr when given. ``results_dir``: the
     folder of committed paper-scale results (True: the repository's ``results/``; None or
     False: none). Raises :class:`UsageError` on bad arguments.
     """
@@ -583,7 +542,13 @@ def build_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {str(out)!r} exists and is not a folder")
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        probe = out / f".gracheck-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ReportEnvironmentError(f"--out: cannot write the report into {str(out)!r}: {type(e).__name__}: {e}") from e
     if results_dir is True:
         rdir = default_results_dir()
     elif results_dir is None or results_dir is False:
@@ -593,45 +558,26 @@ def build_report(
 
     sink = progress if progress is not None else (None if quiet else _TerminalSink())
     prog = _Progress(sink, len(claims))
-    version = gracheck.__version__
+    version = __version__
     entries: list[dict[str, Any]] = []
     experiments: list[dict[str, Any]] = []
 
     for i, c in enumerate(claims, 1):
         t0 = time.perf_counter()
         cand = candidates.get(c.id)
-        exp_res: ExperimentResult | None = None
-        is_experiment = c.kind == "empirical" and c.id in EXPERIMENT_MODULES and list(c._checks) == ["empirical"]
-        if is_experiment:
+        kw: dict[str, Any] = {}
+        if c.kind == "empirical":
             prog.line(f"{prog.prefix(i, c.id)} ... running its experiment at {scale} scale on {device}")
 
             def _sub(msg: str, _t0=t0) -> None:
                 prog.line(f"      {time.perf_counter() - _t0:7.1f} s  {msg}")
 
-            results: list[CheckResult] = []
-            skipped: list[str] = []
-            error = None
-            try:
-                from gracheck.claims.empirical import run_and_check
-
-                exp_res, ev = run_and_check(
-                    c.id,
-                    scale=scale,
-                    seed=seed,
-                    device=device,
-                    out_dir=out / "figures",
-                    use_cache=use_cache,
-                    progress=_sub if sink is not None else None,
-                )
-                results = _normalise(c, ev, time.perf_counter() - t0)
-            except CheckSkipped as e:
-                skipped = [f"empirical: {e}"]
-            except Exception as e:  # noqa: BLE001
-                error = f"empirical: {_traceback_summary(e)}"
+            kw = {"scale": scale, "device": device, "out_dir": out / "figures", "use_cache": use_cache,
+                  "progress": _sub if sink is not None else None}
         else:
             prog.begin(f"{prog.prefix(i, c.id)} ... running {', '.join(c.methods) or 'its check'}")
-            kw = {"scale": scale, "device": device, "out_dir": out / "figures"} if c.kind == "empirical" else {}
-            results, skipped, error = _run_methods(c, seed=seed, candidate=cand, kw=kw)
+        results, skipped, error, record = _run_methods(c, seed=seed, candidate=cand, kw=kw)
+        exp_res = record if isinstance(record, ExperimentResult) else None
         status, reason = _status(c.kind, results, skipped, error)
         dt = time.perf_counter() - t0
         rdicts = [r.to_dict() for r in results]
@@ -641,6 +587,7 @@ def build_report(
             "source": c.source,
             "kind": c.kind,
             "statement": c.statement,
+            "statement_hash": c.statement_hash,
             "corrected": c.corrected,
             "methods": list(c.methods),
             "methods_run": methods_run,
@@ -652,7 +599,7 @@ def build_report(
             "scale": scale if c.kind == "empirical" else None,
             "seed": seed,
             "seconds": dt,
-            "worst": worst_error(rdicts),
+            "worst": deciding_check(status, rdicts) if c.kind == "empirical" else worst_error(rdicts),
             "citation": citation(
                 version, c.id, status, methods_run, scale if c.kind == "empirical" else None, seed
             )
@@ -666,15 +613,20 @@ def build_report(
             else:
                 why = reason or "; ".join(skipped)
             e_entry = _experiment_entry(c, exp_res, out_dir=out, status=status, reason=why, scale=scale)
-            e_entry["paper_scale"] = load_paper_result(c.id, rdir, out)
+            e_entry["paper_scale"] = load_paper_result(c, rdir, out, seed=seed)
             experiments.append(e_entry)
         prog.line(f"{prog.prefix(i, c.id)} ... {status} ({dt:.1f} s, total {prog.elapsed():.1f} s)")
 
     counts = {s: sum(e["status"] == s for e in entries) for s in STATUSES}
     errored = any(e["errored"] for e in entries)
     hard_fail = any(e["status"] == "failed" and e["kind"] in ("derivation", "erratum") for e in entries)
-    refuted = counts["refuted"] > 0
-    exit_code = 1 if (errored or hard_fail or (strict and refuted)) else 0
+    undecided = any(e["kind"] == "empirical" and e["status"] in ("refuted", "inconclusive") for e in entries)
+    if errored:
+        exit_code = EXIT_INTERNAL
+    elif hard_fail or (strict and undecided):
+        exit_code = EXIT_CLAIM_FAILED
+    else:
+        exit_code = EXIT_OK
 
     doc: dict[str, Any] = {
         "gracheck_version": version,
@@ -693,7 +645,8 @@ def build_report(
         "claims": entries,
         "experiments": experiments,
         "figure_sections": [
-            {"title": t, "claim_id": cid, "shows": shows} for t, cid, shows in FIGURE_SECTIONS
+            {"title": c.figure.title, "claim_id": c.id, "shows": c.figure.shows}
+            for c in _claims.registry() if c.kind == "empirical" and c.figure is not None
         ],
         "summary_figure": None,
     }

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from gracheck.base.text import fmt as _fmt
+
 STATUS_MEANING = {
-    "verified": "every check passed",
+    "verified": "every check passed (for an empirical claim: every pre-registered rule's CI on the claimed side)",
     "erratum-confirmed": "the printed statement was shown false and the corrected one verified",
-    "refuted": "the experiment ran and its decision rule did not hold (a finding, not an error)",
+    "refuted": "the experiment ran and the evidence is against the claim: a CI lies entirely on the wrong side "
+               "of its margin (a finding, not an error)",
+    "inconclusive": "the experiment ran but could not decide: a CI straddles its margin or a precondition "
+                    "failed (reason and what would decide it given); never counted as verified",
     "failed": "a check failed or raised an error",
     "skipped": "not run here (reason given); never counted as verified",
 }
 
 
 def fmt(v: Any, digits: int = 4) -> str:
-    """A number in at most ``digits`` significant digits; other values as text."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        if 1e-3 <= abs(v) < 1e5:
-            return f"{v:.{digits}g}"
-        return f"{v:.{max(digits - 1, 1)}e}"
-    if isinstance(v, (list, tuple)):
-        inner = ", ".join(fmt(x, digits) for x in v[:6])
-        return f"[{inner}{', …' if len(v) > 6 else ''}]"
-    s = str(v)
-    return s if len(s) <= 160 else s[:157] + "..."
+    """A table cell: :func:`gracheck.base.text.fmt` with ``digits`` significant digits, shortened."""
+    return _fmt(v, digits, short=True)
 
 
 def scale_banner(doc: dict[str, Any]) -> str:
@@ -59,7 +48,7 @@ def scale_note(doc: dict[str, Any]) -> str:
 def verdict(doc: dict[str, Any]) -> str:
     c = doc["counts"]
     code = doc["exit_code"]
-    head = "PASS" if code == 0 else "FAIL"
+    head = "PASS" if code == 0 else ("ERROR" if code == 3 else "FAIL")
     if code == 0 and c.get("skipped"):
         head = f"PASS, but {c['skipped']} claim(s) skipped and NOT verified"
     why = []
@@ -69,8 +58,8 @@ def verdict(doc: dict[str, Any]) -> str:
         why.append(f"failed: {', '.join(hard)}")
     if errored:
         why.append(f"errored: {', '.join(errored)}")
-    if doc.get("strict") and c.get("refuted"):
-        why.append("refuted empirical claims with --strict")
+    if doc.get("strict") and (c.get("refuted") or c.get("inconclusive")):
+        why.append("empirical claims not verified, with --strict")
     parts = [f"{c.get(s, 0)} {s}" for s in STATUS_MEANING]
     tail = f" — {'; '.join(why)}" if why else ""
     return f"{head} (exit code {code}): " + ", ".join(parts) + tail
@@ -81,6 +70,11 @@ def candidate_note(doc: dict[str, Any]) -> str:
         return ""
     items = ", ".join(f"{k} ← {v}" for k, v in doc["candidates"].items())
     return f"Candidate implementations under test (not the library's own): {items}."
+
+
+def findings(doc: dict[str, Any], status: str) -> list[dict[str, Any]]:
+    """The claims of this run with ``status`` ("refuted" or "inconclusive"), each with its reason."""
+    return [c for c in doc["claims"] if c["status"] == status]
 
 
 def not_run(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -194,3 +188,19 @@ def section_absence(doc: dict[str, Any], cid: str) -> str | None:
             return f"no experiment record: {e['reason']}"
         return f"not run here: {e['reason'] or 'no result'}"
     return None
+
+
+def data_read_line(exp: dict[str, Any]) -> str | None:
+    """"data read: <folder> (<how chosen>); <file> <algo> <digest prefix>, ..." for an experiment entry that
+    recorded its data (``data_read``); None when it read no data file or did not record it."""
+    rec = exp.get("data_read") or {}
+    folders, files = rec.get("folders") or {}, rec.get("files") or {}
+    if not files and not folders:
+        return None
+    where = "; ".join(f"{k} ({v})" for k, v in sorted(folders.items()))
+    parts = []
+    for path, info in sorted(files.items()):
+        name = path.rsplit("/", 1)[-1]
+        algo = next((a for a in ("sha256", "md5") if info.get(a)), None)
+        parts.append(f"{name} {algo} {info[algo][:12]}…" if algo else f"{name} (no checksum)")
+    return f"data read: {where or 'no folder recorded'}; {len(files)} file(s): " + ", ".join(parts)

@@ -19,7 +19,7 @@ Profiles: ``ci`` (few examples, derandomised, no deadline; the default of
 
 Conditioning. Samplers keep eigenvalues within stated ranges (condition number
 ≤ 1e3 by default), so two correct float64 routes agree to ~1e-12 and the
-tolerances in :mod:`gracheck.claims.tolerances` can be tight.
+tolerances in :mod:`gracheck.base.tolerances` can be tight.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ candidate), Eq. 10 (optimal value), Eq. 11 (Gauss–Newton covariance), and the
 Sec. 7 erratum about the equivalent decoder variance (it is a statement about the
 β-VAE objective of Eq. 2, so it lives with the objective's algebra).
 
+Two claims here take a model-level candidate (issue 16) and are new because no claim stated them: Eq. 7 as an
+objective (``eq7-taylor-objective``; the other claims use it only through its maximiser, Eq. 11) and the
+per-example decoder Jacobian J of Eq. 5–14 (``eq5-decoder-jacobian``; every claim takes J as given), which the
+engine computes and training-mode BatchNorm decoders (App. D) make ambiguous.
+
 Every check compares two independent routes and says which in its docstring.
 Randomness: each check draws its cases from ``strategies.generator(seed)``; the
 symbolic checks use exact rationals drawn from the same generator.
@@ -20,24 +25,24 @@ import math
 import torch
 from torch import Tensor
 
-from gracheck.claims import strategies as S
-from gracheck.claims._registry import claim, result
-from gracheck.claims._sec457 import (
-    MLP,
+from gracheck.base.evidence import claim, result, tcompare
+from gracheck.base.text import fmt
+from gracheck.base.tolerances import tol
+from gracheck.theory import strategies as S
+from gracheck.theory.routes import (
     CandidateError,
-    _rationals,
+    MLP,
     at_least,
-    negative_definite,
     call_candidate,
     candidate_failed,
     eq8_cov_terms,
-    fmt,
     gauss_hermite_expectation,
+    lbfgs_maximise,
     maximise_over_cov,
+    negative_definite,
+    rationals,
     slope_result,
-    tcompare,
 )
-from gracheck.claims.tolerances import tol
 
 DT = S.DTYPE
 
@@ -220,6 +225,168 @@ def _eq5_autograd(*, seed: int, candidate=None):
     return out
 
 
+# =============================================================== J = ∂g/∂z per example (Eq. 5; the engine)
+
+cJ = claim(
+    "eq5-decoder-jacobian",
+    source="Eq. 5 (J = J_g(z)), used in Eq. 11–14; App. D (BatchNorm decoders)",
+    kind="derivation",
+    takes_candidate=True,
+    statement=(
+        "The J of Eq. 5–14 is, for each example, the Jacobian ∂g(z)/∂z ∈ ℝ^{D×d} of the decoder at that example's "
+        "latent (D the decoder output flattened): for a batch z [B, d], J[b] = ∂g(z_b)/∂z_b. A decoder with "
+        "training-mode BatchNorm (App. D) maps the whole batch at once; its per-example Jacobian is the derivative with "
+        "the batch statistics held constant, since differentiating through them makes J[b] mix in the other examples."
+    ),
+    candidate_signature=(
+        "candidate(decoder, z) -> [B, D, d]: decoder a float64 torch.nn.Module mapping z [B, d] to [B, ...] (in eval or "
+        "training mode; in training mode its BatchNorm layers normalise with the batch's statistics), z [B, d] float64 "
+        "with B ≥ 2. Returns J[b] = ∂g(z_b)/∂z_b with g flattened to D values per example and the batch statistics of "
+        "training-mode BatchNorm held constant, as decoder_jacobian(decoder, z) computes it."
+    ),
+)
+
+
+def _default_jacobian():
+    from gracheck.autodiff import decoder_jacobian
+
+    return decoder_jacobian
+
+
+def _jacobian_slips(dec, Z: Tensor, ref: Tensor) -> dict[str, Tensor]:
+    """The differences (candidate − reference) the named slips make on one decoder and batch: differentiating through
+    training-mode BatchNorm's batch statistics (the diagonal blocks of the batch-to-batch Jacobian), BatchNorm's running
+    statistics in place of the batch's, the unbiased batch variance in place of the biased one BatchNorm normalises
+    with (all zero for a decoder without training-mode BatchNorm)."""
+    import copy
+
+    import torch.nn as nn
+
+    bns = [m for m in dec.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not any(m.training for m in bns):
+        return {}
+    B = Z.shape[0]
+    out = {}
+    full = torch.func.jacrev(lambda zz: copy.deepcopy(dec)(zz).reshape(B, -1))(Z)  # [B, D, B, d]
+    out["differentiated through training-mode BatchNorm's batch statistics (examples mixed)"] = (
+        full[torch.arange(B), :, torch.arange(B)] - ref)
+    from gracheck.theory.candidates import frozen_decoder
+
+    ev = copy.deepcopy(dec).eval()
+    out["BatchNorm's running statistics in place of the batch's (the decoder put in eval mode)"] = torch.stack(
+        [torch.func.jacrev(frozen_decoder(ev, Z))(z) for z in Z]) - ref
+    un = copy.deepcopy(dec).eval()
+    with torch.no_grad():
+        a = Z
+        for m in un:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                dims = [0] + list(range(2, a.dim()))
+                m.running_mean.copy_(a.mean(dims))
+                m.running_var.copy_(a.var(dims, unbiased=True))
+                a = nn.functional.batch_norm(a, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+            else:
+                a = m(a)
+    out["the unbiased batch variance in place of the biased one BatchNorm normalises with"] = torch.stack(
+        [torch.func.jacrev(frozen_decoder(un, Z))(z) for z in Z]) - ref
+    return out
+
+
+def _jacobian_cases(seed: int, conv: bool):
+    """(label, decoder, z batch, reference route) for the Jacobian checks."""
+    import torch.nn as nn
+
+    from gracheck.theory.candidates import conv_module, linear_module, mlp_module
+
+    gen = S.generator(seed + (57 if conv else 55))
+    d, D, B = 3, 7, 5
+    if conv:
+        for mode in ("training", "eval"):
+            dec = conv_module(gen, d).train(mode == "training")
+            yield f"conv decoder (ConvTranspose2d, BatchNorm2d in {mode} mode, ELU), 6×6 output", dec, S.normal(gen, B, d)
+        net = MLP(gen, d, D, hidden=9, act="tanh", scale=1.5)
+        yield "tanh MLP, BatchNorm1d in training mode", mlp_module(net, batchnorm=True, gen=gen).train(), S.normal(gen, B, d)
+        return
+    yield "linear decoder (J = W for every example)", nn.Sequential(linear_module(S.normal(gen, D, d), S.normal(gen, D))), S.normal(gen, B, d)
+    for act, bn, mode, sig in (("tanh", True, "training", False), ("tanh", True, "eval", False), ("elu", False, "eval", True),
+                               ("softplus", True, "training", True)):
+        net = MLP(gen, d, D, hidden=9, act=act, sigmoid=sig, scale=1.5)
+        dec = mlp_module(net, batchnorm=bn, gen=gen).train(mode == "training")
+        label = f"{act} MLP{', BatchNorm1d in ' + mode + ' mode' if bn else ''}{', sigmoid output' if sig else ''}"
+        yield label, dec, S.normal(gen, B, d)
+
+
+def _jacobian_check(cid: str, method: str, cand, cases, reference, seed: int, what: str):
+    from gracheck.theory.candidates import Cases, call_model_candidate
+
+    out = []
+    for label, dec, Z in cases:
+        ref = reference(dec, Z)
+        try:
+            J = call_model_candidate(cand, dec, Z, shape=tuple(ref.shape))
+            single = None
+            if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in dec.modules()):
+                single = call_model_candidate(cand, dec, Z[:1], shape=(1, *ref.shape[1:]))  # alone in its batch
+        except CandidateError as e:
+            out.append(candidate_failed(cid, method, seed, e, f"{label}, z {tuple(Z.shape)}"))
+            continue
+        for with_slips in (False, True):  # the slips are computed only to explain a failure
+            cases_ = Cases()
+            cases_.add(J, ref, slips=_jacobian_slips(dec, Z, ref) if with_slips else None)
+            if single is not None:
+                cases_.add(single, ref[:1])
+            res = cases_.compare(cid, method, "candidate-float64", f"{label}: candidate vs {what}", seed)
+            if res.passed:
+                break
+        out.append(res)
+    return out
+
+
+@cJ.method("closed-form")
+def _jacobian_closed_form(*, seed: int, candidate=None):
+    """Decoders that are chains of Linear, BatchNorm1d and elementwise activations (a linear one; tanh with BatchNorm in
+    training and in eval mode; elu with a sigmoid output; softplus with BatchNorm in training mode and a sigmoid output),
+    a batch of 5 and, without training-mode BatchNorm, the first example alone. Route 1: the candidate. Route 2: the chain
+    rule written out per example, J = Π (Wₗ, diag(γ/√(var + ε)), diag(act′(aₗ))) with BatchNorm's batch statistics (or
+    running ones in eval mode) held constant and the derivatives written by hand (no autodiff). With the library as
+    candidate, each of its routes ("chain", "forward-ad", "vmap") is checked."""
+    from gracheck.theory.candidates import sequential_jacobian
+
+    routes = [("candidate", candidate)] if candidate is not None else [(f"library route {m!r}", _library_route(m)) for m in ("chain", "forward-ad", "vmap")]
+    out = []
+    for name, cand in routes:
+        out += _jacobian_check(cJ.id, "closed-form", cand, _jacobian_cases(seed, conv=False), sequential_jacobian, seed,
+                               f"the chain rule written out ({name})")
+    return out
+
+
+def _library_route(method: str):
+    from gracheck.autodiff import decoder_jacobian
+
+    return lambda decoder, z: decoder_jacobian(decoder, z, method=method)
+
+
+@cJ.method("autograd")
+def _jacobian_autograd(*, seed: int, candidate=None):
+    """A transposed-convolution decoder with BatchNorm2d (training and eval mode; output 6×6, flattened) and a tanh MLP
+    with BatchNorm1d in training mode, a batch of 5. Route 1: the candidate. Route 2: reverse mode (torch.func.jacrev),
+    example by example, of the decoder with every BatchNorm replaced by the affine map it applies to this batch (its
+    batch statistics held constant; running ones in eval mode). A failure says whether the candidate's J is what
+    differentiating through the batch statistics, using the running ones, or the unbiased variance would give. With
+    the library as candidate, each of its routes is checked."""
+    from gracheck.theory.candidates import frozen_decoder
+
+    def reverse(dec, Z):
+        f = frozen_decoder(dec, Z)
+        return torch.stack([torch.func.jacrev(f)(z) for z in Z])
+
+    routes = [("candidate", candidate)] if candidate is not None else [(f"library route {m!r}", _library_route(m)) for m in ("chain", "forward-ad", "vmap")]
+    out = []
+    for name, cand in routes:
+        out += _jacobian_check(cJ.id, "autograd", cand, _jacobian_cases(seed, conv=True), reverse, seed,
+                               f"reverse mode of the frozen-statistics decoder, example by example ({name})")
+    return out
+
+
 # =============================================================== Eq. 6
 
 c6 = claim(
@@ -265,9 +432,9 @@ def _eq6_symbolic(*, seed: int, candidate=None):
                       f"piecewise-linear net) is substituted (sympy); negative control g₁ = z₁²z₂ non-zero: {control != sp.zeros(2, 2)}",
                       seed=seed))
     gen = S.generator(seed)
-    W1 = sp.Matrix(3, 2, _rationals(gen, 6))
-    b1 = sp.Matrix(3, 1, _rationals(gen, 3))
-    W2 = sp.Matrix(2, 3, _rationals(gen, 6))
+    W1 = sp.Matrix(3, 2, rationals(gen, 6))
+    b1 = sp.Matrix(3, 1, rationals(gen, 3))
+    W2 = sp.Matrix(2, 3, rationals(gen, 6))
     xs = [1, 0]
     pre = W1 * sp.Matrix([z1, z2]) + b1
     g = W2 * pre.applyfunc(lambda t: sp.Max(0, t))
@@ -277,7 +444,7 @@ def _eq6_symbolic(*, seed: int, candidate=None):
     worst = 0.0
     npts = 0
     for _ in range(5):
-        pt = dict(zip((z1, z2), _rationals(gen, 2, -5, 5, 3)))
+        pt = dict(zip((z1, z2), rationals(gen, 2, -5, 5, 3)))
         if any(v == 0 for v in pre.subs(pt)):
             continue  # on a kink (measure zero): skip
         npts += 1
@@ -296,7 +463,11 @@ def _eq6_symbolic(*, seed: int, candidate=None):
 def _eq6_autograd(*, seed: int, candidate=None):
     """Route 1: torch.func.hessian (reverse-over-forward) of z ↦ log p(x|g(z)) for ReLU and leaky-ReLU networks
     (Gaussian σ² = 0.7 and Bernoulli-logit likelihoods), float64, 10 random points each. Route 2: JᵀH_pJ with J by
-    jacrev and H_p by autograd in g. Negative controls, where the residual must be non-zero (≥ 1e-4 relative):
+    jacrev and H_p by autograd in g. Route 1 agrees with route 2 partly *by the AD rule* relu'' = 0 (torch
+    differentiates ReLU's derivative as 0), so route 3 does not rest on it: central finite differences (h = 1e-5) of
+    the gradient z ↦ ∇_z log p(x|g(z)), at points whose pre-activations all keep their signs over z ± h eⱼ (inside one
+    linear region), against route 2; a decoder that is not piecewise linear but whose AD second derivative is 0 fails
+    there. Negative controls, where the residual must be non-zero (≥ 1e-4 relative):
     tanh hidden layers, and ReLU hidden layers with a sigmoid output layer (g is then not piecewise-linear: Eq. 6
     needs every layer, the output included, to be piecewise-linear in the parametrisation of H_p)."""
     from gracheck.likelihoods import BernoulliObs, GaussianObs
@@ -307,7 +478,7 @@ def _eq6_autograd(*, seed: int, candidate=None):
     for act, sig in (("relu", False), ("leaky_relu", False), ("tanh", False), ("relu", True)):
         for obs in (GaussianObs(0.7), BernoulliObs(logits=True)):
             net = MLP(gen, d, D, hidden=16, act=act, scale=2.0, sigmoid=sig)
-            Hfs, GNs = [], []
+            Hfs, GNs, FDs, GNfd = [], [], [], []
             for _ in range(10):
                 z = S.normal(gen, d)
                 x = (S.uniform(gen, D) < 0.5).to(DT) if obs.__class__ is BernoulliObs else net(z) + S.normal(gen, D)
@@ -315,7 +486,18 @@ def _eq6_autograd(*, seed: int, candidate=None):
                 J = torch.func.jacrev(net)(z)
                 Hp = torch.func.hessian(lambda gg, x=x: obs.log_prob(x[None], gg[None])[0])(net(z))
                 GNs.append(J.T @ Hp @ J)
+                fd = fd_hessian_in_region(_loglik(obs, x, net), net, z) if len(FDs) < 5 and not (act == "tanh" or sig) else None
+                if fd is not None:
+                    FDs.append(fd)
+                    GNfd.append(GNs[-1])
             Hf, GN = torch.stack(Hfs), torch.stack(GNs)
+            if not (act == "tanh" or sig):
+                ok_pts = len(FDs) >= 5
+                fdres = tcompare(c6.id, "autograd", torch.stack(FDs) if FDs else torch.zeros(1), torch.stack(GNfd) if GNfd else torch.ones(1),
+                                 "finite-difference",
+                                 f"{obs!r} {net!r}: central differences of ∇_z log p(x|g(z)) (h = {_FD_H:g}; no AD second "
+                                 f"derivative) vs JᵀH_pJ at the first {len(FDs)} points whose stencil stays inside one linear region", seed)
+                out.append(dataclasses.replace(fdres, passed=fdres.passed and ok_pts))  # ≥ 5 of ≤ 10 tried points
             if act == "tanh" or sig:
                 rel = float((Hf - GN).abs().max() / Hf.abs().max())
                 t = tol("negative-control")
@@ -327,6 +509,165 @@ def _eq6_autograd(*, seed: int, candidate=None):
                 out.append(tcompare(c6.id, "autograd", Hf, GN, "float64-exact",
                                     f"{obs!r} {net!r}: ∇²_z log p(x|g(z)) vs JᵀH_pJ at 10 random points", seed))
     return out
+
+
+_FD_H = 1e-5
+
+
+def fd_hessian_in_region(f, net: MLP, z: Tensor, h: float = _FD_H) -> Tensor | None:
+    """Central differences of the gradient of ``f`` (torch.func.grad, first derivatives only) at ``z``, ``[d, d]``,
+    symmetrised; None when some pre-activation of ``net`` changes sign over z ± h eⱼ (the stencil would straddle a
+    kink of a piecewise-linear net) or lies within 1e-4 of 0."""
+    pre0 = net.pre(z)
+    if bool((pre0.abs() < 1e-4).any()):
+        return None
+    grad = torch.func.grad(f)
+    cols = []
+    for j in range(z.shape[-1]):
+        e = torch.zeros_like(z)
+        e[j] = h
+        if bool((torch.sign(net.pre(z + e)) != torch.sign(pre0)).any() or (torch.sign(net.pre(z - e)) != torch.sign(pre0)).any()):
+            return None
+        cols.append((grad(z + e) - grad(z - e)) / (2 * h))
+    H = torch.stack(cols, -1)
+    return 0.5 * (H + H.T)
+
+
+# =============================================================== Eq. 7 (the Taylor objective as an implementation)
+
+c7 = claim(
+    "eq7-taylor-objective",
+    source="Eq. 7 (Eq. 4 with Eq. 6's H_f = JᵀH_pJ)",
+    kind="derivation",
+    takes_candidate=True,
+    statement=(
+        "Replacing H_f in Eq. 4 by its Gauss–Newton term JᵀH_pJ (Eq. 5 without the second-derivative term; exact for "
+        "piecewise-linear decoders by Eq. 6) gives the Taylor objective (Eq. 7), log p(x|g(h)) + ½ tr(JᵀH_pJ Σ) − β KL("
+        "N(h, Σ) ‖ N(0, I)); for N(g, I) observations it is log N(x; g(h), I) − ½ tr(JᵀJΣ) − β KL, and for a linear "
+        "decoder it equals the β-VAE objective (Eq. 2) exactly."
+    ),
+    candidate_signature=(
+        "candidate(x, decoder, mean, cov, beta) -> [B], N(g, I) observations: x [B, D], mean [B, d] and cov [B, d, d] "
+        "(symmetric positive definite) float64, decoder a float64 torch.nn.Module mapping [B, d] → [B, D], beta a float "
+        "> 0. Returns, per example, log N(x; g(h), I) − ½ tr(JᵀJ Σ) − β KL(N(h, Σ) ‖ N(0, I)) with h = mean, Σ = cov, "
+        "J = ∂g/∂z at h, every constant included (−D/2 log 2π), as taylor_objective(x, decoder, mean, cov, beta, "
+        "GaussianObs()) computes it. Each example's value depends on that example only."
+    ),
+)
+
+
+def _default_eq7():
+    from gracheck.likelihoods import GaussianObs
+    from gracheck.objectives import taylor_objective
+
+    return lambda x, decoder, mean, cov, beta: taylor_objective(x, decoder, mean, cov, beta, GaussianObs())
+
+
+def _eq7_terms(X: Tensor, G: Tensor, H: Tensor, C: Tensor, J: Tensor, beta: float):
+    """Eq. 7's terms per example for N(g, I) (X, G ``[E, D]``, H ``[E, d]``, C ``[E, d, d]``, J ``[E, D, d]``) and the
+    differences the named slips make: the KL's prior term or log-det dropped, only diag(Σ) or Σ⁻¹ in the curvature
+    term, and GRAE (the value at Eq. 11's Σ*) in place of the value at the given Σ."""
+    from gracheck.theory.candidates import kl_to_standard_normal
+
+    E, D, d = J.shape
+    G_ = J.transpose(-1, -2) @ J
+    curv = -0.5 * (G_ * C).sum((-2, -1))
+    parts = {
+        "the constant −D/2 log 2π": torch.full((E,), -D / 2 * math.log(2 * math.pi), dtype=DT),
+        "the reconstruction term −½‖x − g(h)‖²": -0.5 * (X - G).pow(2).sum(-1),
+        "the curvature term −½ tr(JᵀJΣ)": curv,
+        "the KL term −β KL(N(h, Σ) ‖ N(0, I))": -beta * kl_to_standard_normal(H, C),
+    }
+    eye = torch.eye(d, dtype=DT)
+    A = eye + G_ / beta
+    AS = A @ C
+    gap = beta / 2 * (torch.diagonal(AS, dim1=-2, dim2=-1).sum(-1) - torch.linalg.slogdet(AS)[1] - d)
+    slips = {
+        "the KL without its prior term ½‖h‖²": beta / 2 * H.pow(2).sum(-1),
+        "the KL without its log-determinant −½ log|Σ|": -beta / 2 * torch.linalg.slogdet(C)[1],
+        "only the diagonal of Σ in the curvature term": -0.5 * (G_ * torch.diag_embed(torch.diagonal(C, dim1=-2, dim2=-1))).sum((-2, -1)) - curv,
+        "Σ⁻¹ in place of Σ in the curvature term": -0.5 * (G_ * torch.linalg.inv(C)).sum((-2, -1)) - curv,
+        "GRAE (Eq. 7 at Eq. 11's optimal Σ*) in place of Eq. 7 at the given Σ": gap,
+    }
+    return parts, slips
+
+
+def _eq7_case(cand, X, dec, H, C, beta, label):
+    from gracheck.theory.candidates import call_model_candidate
+
+    v = call_model_candidate(cand, X, dec, H, C, beta, shape=(X.shape[0],))
+    v1 = call_model_candidate(cand, X[:1], dec, H[:1], C[:1], beta, shape=(1,))
+    return v, v1
+
+
+@c7.method("closed-form")
+def _eq7_closed_form(*, seed: int, candidate=None):
+    """Linear decoders g(z) = Wz + b (nn.Linear; (D, d) ∈ {(5, 2), (6, 3)}, β ∈ {0.3, 2.5}), where Eq. 7 is the β-VAE
+    objective itself, batches of 3 and the first example alone. Route 1: the candidate. Route 2: Eq. 2 computed
+    without Eq. 7's algebra: E_q log N(x; Wz + b, I) by Gauss–Hermite quadrature (3 nodes per dimension, exact for
+    this quadratic integrand) minus β KL by torch.distributions."""
+    from gracheck.theory.candidates import Cases, gaussian_log_density, kl_to_standard_normal, linear_module
+    from gracheck.theory.routes import gauss_hermite_expectation
+
+    cand = candidate or _default_eq7()
+    gen = S.generator(seed + 7)
+    cases = Cases()
+    for (D, d), beta in (((5, 2), 0.3), ((6, 3), 2.5)):
+        W, b = S.jacobian(gen, D, d, low=0.3, high=3.0), S.normal(gen, D)
+        H = S.normal(gen, 3, d)
+        C = S.spd(gen, d, (3,), low=0.05, high=1.5)
+        X = H @ W.T + b + S.normal(gen, 3, D)
+        try:
+            v, v1 = _eq7_case(cand, X, linear_module(W, b), H, C, beta, "linear")
+        except CandidateError as e:
+            return candidate_failed(c7.id, "closed-form", seed, e, f"linear decoder {tuple(W.shape)}, beta={beta}")
+        e_logp = torch.stack([gauss_hermite_expectation(lambda Z, x=x: gaussian_log_density(x.expand(Z.shape[0], D), Z @ W.T + b), h, c, 3)
+                              for x, h, c in zip(X, H, C)])
+        ref = e_logp - beta * kl_to_standard_normal(H, C)
+        parts, slips = _eq7_terms(X, H @ W.T + b, H, C, W.expand(3, D, d), beta)
+        cases.add(v, ref, parts, slips)
+        cases.add(v1, ref[:1], {k: t[:1] for k, t in parts.items()}, {k: t[:1] for k, t in slips.items()})
+    return cases.compare(c7.id, "closed-form", "candidate-float64",
+                         "candidate vs the exact β-VAE objective of a linear decoder (Gauss–Hermite E_q log N(x; Wz + b, I), "
+                         "exact for a quadratic, − β KL by torch.distributions)", seed)
+
+
+@c7.method("autograd")
+def _eq7_autograd(*, seed: int, candidate=None):
+    """Real networks (nn.Sequential, d = 3, D = 8), batches of 3 and the first example alone, β ∈ {0.21, 1.6}.
+    tanh and elu: route 2 is log N(x; g(h), I) − ½ tr(JᵀJΣ) − β KL with J by reverse mode (jacrev) and KL by
+    torch.distributions. relu (piecewise linear): route 2 is Eq. 4 itself, log N(x; g(h), I) + ½ tr(H_f Σ) − β KL
+    with the exact Hessian H_f of z ↦ log N(x; g(z), I) by torch.func.hessian, which equals JᵀH_pJ there (Eq. 6)."""
+    from gracheck.theory.candidates import Cases, gaussian_log_density, kl_to_standard_normal, mlp_module
+
+    cand = candidate or _default_eq7()
+    gen = S.generator(seed)
+    cases = Cases()
+    d, D = 3, 8
+    for act in ("tanh", "elu", "relu"):
+        net = MLP(gen, d, D, hidden=12, act=act, scale=1.5)
+        dec = mlp_module(net)
+        for beta in (0.21, 1.6):
+            H = S.normal(gen, 3, d)
+            C = S.spd(gen, d, (3,), low=0.05, high=1.5)
+            X = net(H) + S.normal(gen, 3, D)
+            try:
+                v, v1 = _eq7_case(cand, X, dec, H, C, beta, act)
+            except CandidateError as e:
+                return candidate_failed(c7.id, "autograd", seed, e, f"{net!r}, beta={beta}")
+            J = torch.stack([torch.func.jacrev(net)(h) for h in H])
+            kl = kl_to_standard_normal(H, C)
+            if act == "relu":
+                Hf = torch.stack([torch.func.hessian(lambda z, x=x: gaussian_log_density(x, net(z)))(h) for x, h in zip(X, H)])
+                ref = gaussian_log_density(X, net(H)) + 0.5 * (Hf * C).sum((-2, -1)) - beta * kl
+            else:
+                ref = gaussian_log_density(X, net(H)) - 0.5 * (J.transpose(-1, -2) @ J * C).sum((-2, -1)) - beta * kl
+            parts, slips = _eq7_terms(X, net(H), H, C, J, beta)
+            cases.add(v, ref, parts, slips)
+            cases.add(v1, ref[:1], {k: t[:1] for k, t in parts.items()}, {k: t[:1] for k, t in slips.items()})
+    return cases.compare(c7.id, "autograd", "candidate-float64",
+                         "candidate vs Eq. 7 with J by jacrev (tanh, elu) and vs Eq. 4 with the exact Hessian by "
+                         "torch.func.hessian (relu, where H_f = JᵀH_pJ), batches of 3 and the first example alone", seed)
 
 
 # =============================================================== Eq. 8
@@ -455,8 +796,9 @@ c9 = claim(
     statement=(
         "For symmetric H_f with I − H_f/β positive definite, the unique maximiser of Eq. 8 over SPD Σ is the stationary "
         "point of ½H_f − β/2 (I − Σ⁻¹) = 0, Σ* = (I − H_f/β)⁻¹; when I − H_f/β is not positive definite Eq. 8 is "
-        "unbounded above in Σ (no maximiser). Candidate: candidate(H, beta) -> Σ*, H [..., d, d] symmetric, beta a float."
+        "unbounded above in Σ (no maximiser)."
     ),
+    candidate_signature="candidate(H, beta) -> Sigma: H [..., d, d] symmetric float64, beta a float > 0 → Σ* [..., d, d].",
 )
 
 
@@ -477,7 +819,7 @@ def _eq9_symbolic_cases(seed: int):
     for d in (1, 2, 2, 2, 1):
         beta = sp.Rational(int(torch.randint(1, 40, (1,), generator=gen)), 8)
         while True:
-            vals = _rationals(gen, d * (d + 1) // 2, -12, 6, 4)
+            vals = rationals(gen, d * (d + 1) // 2, -12, 6, 4)
             H = sp.zeros(d, d)
             k = 0
             for i in range(d):
@@ -509,7 +851,7 @@ def _eq9_symbolic(*, seed: int, candidate=None):
     exactly at rational (H, β), d ∈ {1, 2}; route 2: the candidate (default: the library's optimal_covariance)
     evaluated in float64 at the same points. (The condition I − H/β ≻ 0 is the erratum
     ``erratum-eq9-maximiser-condition``.)"""
-    from gracheck.claims._sec457 import sym_matrix_to_torch
+    from gracheck.theory.routes import sym_matrix_to_torch
 
     cand = candidate or _default_eq9()
     cases = _eq9_symbolic_cases(seed)
@@ -721,8 +1063,8 @@ def _eq11_symbolic(*, seed: int, candidate=None):
                       abs_err=0.0 if ok1 else float("inf"), atol=tol("symbolic").atol,
                       detail="d = 1, D = 2, generic J, H_p = diag(−w): stationary point of Eq. 7 in σ (sympy solve)", seed=seed))
     gen = S.generator(seed + 11)
-    Jr = sp.Matrix(3, 2, _rationals(gen, 6))
-    w = [abs(r) + 1 for r in _rationals(gen, 3)]
+    Jr = sp.Matrix(3, 2, rationals(gen, 6))
+    w = [abs(r) + 1 for r in rationals(gen, 3)]
     b = sp.Rational(int(torch.randint(1, 30, (1,), generator=gen)), 7)
     Hr = Jr.T * sp.diag(*[-x for x in w]) * Jr
     s = sp.symbols("s0:3")
@@ -929,18 +1271,9 @@ def _erratum_variance_autograd(*, seed: int, candidate=None):
     x = 1.5 * S.normal(gen, 6)
 
     def fit(obj):
-        p = torch.cat([torch.tensor([0.8], dtype=DT), torch.zeros(12, dtype=DT)]).requires_grad_(True)
-        opt = torch.optim.LBFGS([p], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = -obj(p[0], p[1:7], torch.exp(2 * p[7:]))
-            loss.backward()
-            return loss
-
-        for _ in range(4):
-            opt.step(closure)
-        return p.detach()
+        p0 = torch.cat([torch.tensor([0.8], dtype=DT), torch.zeros(12, dtype=DT)])
+        return lbfgs_maximise(lambda p: obj(p[0], p[1:7], torch.exp(2 * p[7:])), p0, max_iter=500,
+                              tolerance_grad=1e-12, tolerance_change=1e-15, rounds=4)[0]
 
     def elbo_var(v):
         return lambda a, m, s2: (-((x - a * m) ** 2 + a**2 * s2) / (2 * v) - 0.5 * math.log(2 * math.pi * v)
@@ -968,3 +1301,187 @@ def _erratum_variance_autograd(*, seed: int, candidate=None):
     out.append(tcompare(ced.id, "autograd", s2b, torch.full_like(s2b, closed_b), "optimiser-argmax",
                         "β-VAE optimal posterior variance vs closed form β/(β + a²) (Eq. 11 in 1-D)", seed))
     return out
+
+
+# =============================================================== Sec. 7: "for relu, Eq. 6 is exact" (issue 13, new erratum)
+
+cre = claim(
+    "erratum-sec7-relu-eq6-exact",
+    source="Sec. 7 (Experiments, first paragraph) with App. D",
+    kind="erratum",
+    statement=(
+        "As printed, for the App. D networks (5-layer CNNs whose decoder ends in Conv → Sigmoid, Gaussian observations on the "
+        "decoder output): 'We use elu to test the approximation quality of GRAE objective when Eq. (6) is not exact. For "
+        "piecewise-linear activations such as relu, Eq. (6) is exact'."
+    ),
+    corrected=(
+        "Eq. 6 is exact (almost everywhere) only when the whole map from z to the likelihood's parameters is piecewise "
+        "linear. With App. D's final sigmoid and N(x; g, I) on its output, ReLU hidden layers leave the Eq. 5 term "
+        "R = Σ_k (x_k − g_k) σ''(a_k) ∇_z a_k ∇_z a_kᵀ (a the pre-sigmoid output, σ'' = σ(1 − σ)(1 − 2σ)), non-zero unless "
+        "every output is fitted exactly or sits at σ = ½. Eq. 6 becomes exact if the sigmoid is moved into the likelihood "
+        "(g = a, log N(x; σ(a), I), H_p,kk = −σ'(a_k)² + (x_k − σ(a_k))σ''(a_k)) or dropped."
+    ),
+)
+
+
+class _ConvReluSigmoid:
+    """A small decoder in App. D's pattern, float64: FC → reshape [2, 4, 4] → ReLU → ConvT(2→2, k4, s2, p1) → ReLU →
+    Conv(2→1, k3, s1, p1) → Sigmoid, output flattened (D = 64). ``pre(z)`` returns every ReLU input (for the
+    finite-difference stencil), ``logits(z)`` the pre-sigmoid output."""
+
+    def __init__(self, gen: torch.Generator, d: int):
+        self.fc_w, self.fc_b = S.normal(gen, 32, d) / math.sqrt(d), 0.3 * S.normal(gen, 32)
+        self.ct_w, self.ct_b = 0.5 * S.normal(gen, 2, 2, 4, 4), 0.3 * S.normal(gen, 2)
+        self.cv_w, self.cv_b = 0.5 * S.normal(gen, 1, 2, 3, 3), 0.3 * S.normal(gen, 1)
+        self.d, self.D = d, 64
+
+    def _layers(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        zb = z.reshape(-1, self.d)
+        u1 = (zb @ self.fc_w.T + self.fc_b).reshape(-1, 2, 4, 4)
+        u2 = torch.nn.functional.conv_transpose2d(torch.relu(u1), self.ct_w, self.ct_b, stride=2, padding=1)
+        a = torch.nn.functional.conv2d(torch.relu(u2), self.cv_w, self.cv_b, padding=1)
+        return u1, u2, a.reshape(zb.shape[0], -1)
+
+    def pre(self, z: Tensor) -> Tensor:
+        u1, u2, _ = self._layers(z)
+        return torch.cat([u1.reshape(-1), u2.reshape(-1)])
+
+    def logits(self, z: Tensor) -> Tensor:
+        a = self._layers(z)[2]
+        return a[0] if z.dim() == 1 else a
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(z))
+
+    def __repr__(self) -> str:
+        return f"App.D-style conv decoder (d={self.d}, D=64, ReLU hidden layers, sigmoid output)"
+
+
+class _MLPLogits:
+    """The pre-sigmoid part of a ReLU MLP with a sigmoid output (``logits``), and the MLP itself (``__call__``)."""
+
+    def __init__(self, net: MLP):
+        self.net = net
+
+    def pre(self, z: Tensor) -> Tensor:
+        return self.net.pre(z)
+
+    def logits(self, z: Tensor) -> Tensor:
+        return self.net.act(self.net.pre(z)) @ self.net.W2.T + self.net.b2
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(z))
+
+    def __repr__(self) -> str:
+        return repr(self.net)
+
+
+def _relu_sigmoid_cases(gen: torch.Generator, n_points: int = 6):
+    """(decoder, z, x, H_f by finite differences, JᵀH_pJ, closed-form R, logit-split Gauss–Newton) at points off the kinks,
+    N(x; g, I) on the sigmoid output, for a ReLU MLP with a sigmoid output and an App. D-style conv decoder."""
+    from gracheck.likelihoods import GaussianObs
+
+    obs = GaussianObs()
+    out = []
+    for dec in (_MLPLogits(MLP(gen, 3, 6, hidden=16, act="relu", scale=2.0, sigmoid=True)), _ConvReluSigmoid(gen, 3)):
+        got = 0
+        for _ in range(4 * n_points):
+            if got == n_points:
+                break
+            z = S.normal(gen, dec.d if hasattr(dec, "d") else 3)
+            D = dec(z).shape[-1]
+            x = dec(z) + 0.3 * S.normal(gen, D)
+            fd = fd_hessian_in_region(lambda zz, x=x, dec=dec: obs.log_prob(x[None], dec(zz)[None])[0], dec, z)
+            if fd is None:
+                continue
+            got += 1
+            a = dec.logits(z)
+            s = torch.sigmoid(a)
+            J = torch.func.jacrev(dec)(z)
+            Ja = torch.func.jacrev(dec.logits)(z)
+            gn = -(J.T @ J)  # H_p = −I on g = σ(a)
+            s1, s2 = s * (1 - s), s * (1 - s) * (1 - 2 * s)
+            R = Ja.T @ (((x - s) * s2).unsqueeze(-1) * Ja)
+            gn_logit = Ja.T @ ((-(s1**2) + (x - s) * s2).unsqueeze(-1) * Ja)
+            out.append((dec, z, x, fd, gn, R, gn_logit))
+    return out
+
+
+@cre.method("autograd")
+def _relu_autograd(*, seed: int, candidate=None):
+    """A ReLU MLP with a sigmoid output and an App. D-style conv decoder (FC → ReLU → ConvT → ReLU → Conv → Sigmoid),
+    N(x; g, I) on the sigmoid output, 6 points each off the kinks. Route 1: H_f by central differences of the gradient
+    (no AD second derivative, so not the relu'' = 0 rule). Printed (refuted): H_f = JᵀH_pJ (Eq. 6; J of the sigmoid
+    output by jacrev): the relative residual exceeds the negative-control floor. Corrected: H_f = JᵀH_pJ + R with the
+    closed form R = Σ_k (x_k − σ_k)σ''_k ∇a_k∇a_kᵀ (∇a by jacrev), and H_f = J_aᵀH_p^(a)J_a for the sigmoid moved into
+    the likelihood (H_p^(a) = −σ'² + (x − σ)σ''): both within finite-difference tolerance."""
+    gen = S.generator(seed)
+    cases = _relu_sigmoid_cases(gen)
+    t = tol("negative-control")
+    out = []
+    descr = []
+    for kind in ("MLP", "conv"):
+        cs = cases[:6] if kind == "MLP" else cases[6:]
+        Hf = torch.stack([c[3] for c in cs])
+        GN = torch.stack([c[4] for c in cs])
+        rel = float((Hf - GN).abs().max() / Hf.abs().max())
+        descr.append(f"{cs[0][0]!r}: max|H_f − JᵀH_pJ|/max|H_f| = {rel:.3g} over {len(cs)} points")
+        out.append(result(cre.id, "autograd", passed=len(cs) >= 4 and rel > t.atol, measured=rel, expected=f"> {t.atol:g}", abs_err=rel,
+                          atol=t.atol, rtol=0.0, seed=seed, sense="exceeds",
+                          detail=f"COUNTEREXAMPLE to 'for relu, Eq. (6) is exact' with App. D's sigmoid output: {descr[-1]} "
+                                 "(H_f by finite differences of the gradient) [tolerance 'negative-control']"))
+    Hf = torch.stack([c[3] for c in cases])
+    out.append(tcompare(cre.id, "autograd", torch.stack([c[4] + c[5] for c in cases]), Hf, "finite-difference",
+                        "corrected: JᵀH_pJ + Σ_k (x_k − σ_k)σ''_k∇a_k∇a_kᵀ vs H_f (finite differences), both decoders", seed))
+    out.append(tcompare(cre.id, "autograd", torch.stack([c[6] for c in cases]), Hf, "finite-difference",
+                        "corrected: sigmoid moved into the likelihood, J_aᵀ diag(−σ'² + (x − σ)σ'') J_a vs H_f (Eq. 6 exact again)", seed))
+    return out
+
+
+@cre.method("symbolic")
+def _relu_symbolic(*, seed: int, candidate=None):
+    """sympy, exact rational arithmetic on a ReLU network (rational weights, 2 → 3 → 2) with a sigmoid output, N(x; g, I)
+    with rational x. At a rational point with non-zero pre-activations the network *is* the affine map
+    a(z) = W₂ diag(m)(W₁z + b₁) on an open neighbourhood (m the exact 0/1 activation pattern there), so H_f is the sympy
+    Hessian of −½‖x − σ(a(z))‖² (no rule for ReLU's second derivative), evaluated to 40 digits. Points whose pattern gives
+    ∇a = 0 are skipped. Printed (refuted): H_f − JᵀH_pJ ≠ 0 (> floor). Corrected: it equals Σ_k (x_k − σ_k)σ''_k ∇a_k∇a_kᵀ."""
+    import sympy as sp
+
+    gen = S.generator(seed + 6)
+    z1, z2 = sp.symbols("z1 z2", real=True)
+    W1 = sp.Matrix(3, 2, rationals(gen, 6, -3, 3, 2))
+    b1 = sp.Matrix(3, 1, rationals(gen, 3, -2, 2, 3))
+    W2 = sp.Matrix(2, 3, rationals(gen, 6, -3, 3, 4))
+    xs = [sp.Rational(1, 3), sp.Rational(4, 5)]
+    printed, corrected, npts = [], [], 0
+    for _ in range(40):
+        pt = dict(zip((z1, z2), rationals(gen, 2, -2, 2, 3)))
+        pre_v = (W1 * sp.Matrix([pt[z1], pt[z2]]) + b1)
+        if any(v == 0 for v in pre_v):
+            continue
+        Wa = W2 * sp.diag(*[1 if v > 0 else 0 for v in pre_v]) * W1
+        if Wa == sp.zeros(2, 2):
+            continue
+        a = Wa * sp.Matrix([z1, z2]) + W2 * sp.diag(*[1 if v > 0 else 0 for v in pre_v]) * b1
+        g = a.applyfunc(lambda t: 1 / (1 + sp.exp(-t)))
+        f = -sum((xs[k] - g[k]) ** 2 for k in range(2)) / 2
+        ev = lambda M: M.subs(pt).evalf(40)  # noqa: E731
+        H = ev(sp.hessian(f, (z1, z2)))
+        Jv = ev(g.jacobian([z1, z2]))
+        sv = [ev(sp.Matrix([g[k]]))[0] for k in range(2)]
+        R = sp.zeros(2, 2)
+        for k in range(2):
+            R += (xs[k] - sv[k]) * sv[k] * (1 - sv[k]) * (1 - 2 * sv[k]) * Wa[k, :].T * Wa[k, :]
+        printed.append(max(abs(float((H + Jv.T * Jv)[i])) for i in range(4)))
+        corrected.append(max(abs(float((H + Jv.T * Jv - R)[i])) for i in range(4)))
+        npts += 1
+        if npts == 4:
+            break
+    floor, t = tol("sec3-refute-floor").atol, tol("sec3-mpmath")
+    ok = npts >= 3 and min(printed) > floor and max(corrected) <= t.atol
+    return result(cre.id, "symbolic", passed=ok,
+                  measured=f"min max|H_f − JᵀH_pJ| = {min(printed, default=0.0):.4g}; max residual of the corrected form {max(corrected, default=0.0):.3g}",
+                  expected=f"> {floor:g}; ≤ {t.atol:g}", abs_err=max(corrected, default=float("inf")), atol=t.atol, rtol=0.0, seed=seed,
+                  detail=f"ReLU net (rational weights, 2→3→2) + sigmoid output, N(x; g, I), x = (1/3, 4/5), {npts} rational points off "
+                         f"the kinks: Eq. 6 misses by {fmt(torch.tensor(printed), 4)} (printed statement refuted); H_f = JᵀH_pJ + "
+                         "Σ_k (x_k − σ_k)σ''_k∇a_k∇a_kᵀ to 40 digits [tolerances 'sec3-refute-floor', 'sec3-mpmath']")

@@ -18,22 +18,21 @@ import math
 import torch
 from torch import Tensor
 
-from gracheck.claims import strategies as S
-from gracheck.claims._registry import claim, result
-from gracheck.claims._sec457 import (
-    _one,
-    MLP,
+from gracheck.base.evidence import claim, result, tcompare
+from gracheck.base.text import fmt
+from gracheck.base.tolerances import tol
+from gracheck.theory import strategies as S
+from gracheck.theory.routes import (
     CandidateError,
-    _rationals,
+    MLP,
+    as_batch,
     at_least,
     call_candidate,
     candidate_failed,
-    fmt,
+    rationals,
     slope_result,
     strictly_above,
-    tcompare,
 )
-from gracheck.claims.tolerances import tol
 
 DT = S.DTYPE
 
@@ -91,9 +90,11 @@ cg = claim(
         "For Gaussian q = N(h, Σ), prior N(0, I) and N(g, I) observations, GRAE (Eq. 13, maximisation form) minus the "
         "Taylor objective (Eq. 7) is β/2 [tr(AΣ) − log|AΣ| − d] with A = I + JᵀJ/β, i.e. β·KL(N(0, Σ) ‖ N(0, A⁻¹)); "
         "it is ≥ 0, zero iff Σ = A⁻¹ (Eq. 11), quadratic in a small misspecification of Σ, and for Σ following the "
-        "full Hessian (Eq. 9) of a smooth decoder it shrinks linearly as β → 0. Candidate: "
-        "candidate(J, Sigma, beta) -> the gap including the β/2 factor (as the library's taylor_gap), "
-        "J [..., D, d], Sigma [..., d, d] SPD → [...]."
+        "full Hessian (Eq. 9) of a smooth decoder it shrinks linearly as β → 0."
+    ),
+    candidate_signature=(
+        "candidate(J, Sigma, beta) -> the gap including the β/2 factor (as the library's taylor_gap): J [..., D, d], "
+        "Sigma [..., d, d] SPD, both float64, beta a float > 0 → [...]."
     ),
 )
 
@@ -112,8 +113,8 @@ def _gap_symbolic_cases(seed: int):
     gen = S.generator(seed + 7)
     cases = []
     for D, d in ((1, 1), (3, 2), (2, 3), (4, 2)):
-        J = sp.Matrix(D, d, _rationals(gen, D * d, -6, 6, 3))
-        L = sp.Matrix(d, d, lambda i, j: (abs(_rationals(gen, 1, 1, 5, 3)[0]) if i == j else (_rationals(gen, 1, -3, 3, 4)[0] if i > j else 0)))
+        J = sp.Matrix(D, d, rationals(gen, D * d, -6, 6, 3))
+        L = sp.Matrix(d, d, lambda i, j: (abs(rationals(gen, 1, 1, 5, 3)[0]) if i == j else (rationals(gen, 1, -3, 3, 4)[0] if i > j else 0)))
         Sig = L * L.T
         beta = sp.Rational(int(torch.randint(1, 60, (1,), generator=gen)), 13)
         # Eq. 13 (max form) minus Eq. 7; log p(x|h) and β/2‖h‖² cancel; H_p = −I.
@@ -132,7 +133,7 @@ def _gap_symbolic(*, seed: int, candidate=None):
     """Route 1: the candidate in float64; route 2: sympy-exact GRAE − Taylor from the definitions of Eq. 13 and
     Eq. 7 (log-determinants of exact rational matrices, evaluated to 30 digits) at rational (J, Σ, β), shapes
     (D, d) ∈ {(1,1), (3,2), (2,3), (4,2)}, plus Σ = A⁻¹ exactly (gap 0)."""
-    from gracheck.claims._sec457 import sym_matrix_to_torch
+    from gracheck.theory.routes import sym_matrix_to_torch
 
     cand = candidate or _default_gap()
     meas, exp = [], []
@@ -335,8 +336,8 @@ def _erratum_gap_autograd(*, seed: int, candidate=None):
             h = S.normal(gen, d)
             x = net(h) + 0.5 * S.normal(gen, D)
             Sig = S.spd(gen, d, low=0.05, high=1.0)
-            gap = (grae_objective(_one(x), net, _one(h), beta, GaussianObs())
-                   - taylor_objective(_one(x), net, _one(h), _one(Sig), beta, GaussianObs()))[0]
+            gap = (grae_objective(as_batch(x), net, as_batch(h), beta, GaussianObs())
+                   - taylor_objective(as_batch(x), net, as_batch(h), as_batch(Sig), beta, GaussianObs()))[0]
             J = torch.func.jacrev(net)(h)
             lib.append(gap)
             cor.append(_corrected_gap(J, Sig, beta))

@@ -1,9 +1,12 @@
-"""Helpers shared by the Sec. 4 / 5 / 7 claim families (sec4_taylor, sec5_grae, sec7_gap).
+"""The independent routes and evidence builders shared by the theory families (sec3 … sec7).
 
-Nothing here states a claim; these are the independent *routes* the checks use:
-small real networks with explicit seeded weights, an LBFGS maximiser over
-covariances, Gauss–Hermite expectations, slope fits, and the plumbing that calls
-a candidate implementation and turns its failures into evidence.
+Nothing here states a claim. It holds what the checks compute *with*: small real networks with
+explicit seeded weights, an LBFGS maximiser over covariances, Gauss–Hermite expectations, exact
+rationals, sympy → torch conversion; and the evidence builders for the check types that recur
+(an inequality up to rounding, a strict inequality, a fitted slope, a Monte Carlo mean against an
+exact value, a refutation of a printed statement), plus the plumbing that calls a candidate
+implementation and turns its failures into evidence. Plain comparisons are
+:func:`gracheck.base.evidence.compare` / :func:`~gracheck.base.evidence.tcompare`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gracheck.claims._registry import CheckResult, compare, result
-from gracheck.claims.strategies import DTYPE, normal
-from gracheck.claims.tolerances import tol
+from gracheck.base.evidence import CheckResult, result
+from gracheck.base.stats import gauss_hermite_grid
+from gracheck.base.tolerances import ErrorBound, StandardErrors, tol
+from gracheck.theory.strategies import DTYPE, normal
 
 # ---------------------------------------------------------------- candidates
 
@@ -67,19 +71,11 @@ def candidate_failed(claim_id: str, method: str, seed: int, err: Exception, what
     )
 
 
-def tcompare(claim_id: str, method: str, measured: Any, expected: Any, tol_name: str, detail: str, seed: int) -> CheckResult:
-    """:func:`compare` with a named tolerance from the table (the name is recorded in ``detail``)."""
-    t = tol(tol_name)
-    return compare(
-        claim_id, method, measured, expected, atol=t.atol, rtol=t.rtol, detail=f"{detail} [tolerance {tol_name!r}]", seed=seed
-    )
-
-
 def at_least(
     claim_id: str, method: str, lhs: Tensor, rhs: Tensor, detail: str, seed: int, tol_name: str = "inequality-rounding"
 ) -> CheckResult:
     """Evidence for lhs ≥ rhs elementwise (up to rounding): measured = min(lhs − rhs), expected = 0."""
-    t = tol(tol_name)
+    t = tol(tol_name, ErrorBound)
     lhs, rhs = torch.as_tensor(lhs, dtype=DTYPE), torch.as_tensor(rhs, dtype=DTYPE)
     slack = t.atol + t.rtol * rhs.abs()
     margin = lhs - rhs
@@ -105,7 +101,7 @@ def at_least(
 def negative_definite(claim_id: str, method: str, max_eigs: Sequence[float], detail: str, seed: int) -> CheckResult:
     """Evidence that Hessians are negative definite: the largest eigenvalue must be below −atol (strictly
     negative beyond rounding)."""
-    t = tol("inequality-rounding")
+    t = tol("inequality-rounding", ErrorBound)
     worst = float(max(max_eigs))
     ok = math.isfinite(worst) and worst < -t.atol
     return result(claim_id, method, passed=ok, measured=worst, expected=0.0, abs_err=max(0.0, worst + t.atol) if math.isfinite(worst) else float("inf"),
@@ -118,7 +114,7 @@ def strictly_above(
 ) -> CheckResult:
     """Evidence for a strict inequality: margin ≥ (1 − rtol)·predicted where ``predicted`` > 0 is the
     margin an independent route gives (so a bound that is too tight fails)."""
-    t = tol("strict-margin-fraction")
+    t = tol("strict-margin-fraction", ErrorBound)
     margin, predicted = torch.as_tensor(margin, dtype=DTYPE), torch.as_tensor(predicted, dtype=DTYPE)
     if not bool((predicted > 0).all()):
         raise ValueError("predicted: strictness needs a positive predicted margin in every case")
@@ -147,7 +143,7 @@ def slope_result(
     tol_name: str = "rate-slope",
 ) -> CheckResult:
     """Least-squares slope of y on x compared with ``expected`` within the named slack."""
-    t = tol(tol_name)
+    t = tol(tol_name, ErrorBound)
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     finite = bool(np.all(np.isfinite(xs)) and np.all(np.isfinite(ys)))
     slope = float(np.polyfit(xs, ys, 1)[0]) if finite else float("nan")
@@ -167,16 +163,7 @@ def slope_result(
     )
 
 
-def fmt(t: Any, digits: int = 6) -> str:
-    """Short text of a tensor/number for a ``detail`` (counterexamples are recorded in full)."""
-    if isinstance(t, Tensor):
-        return np.array2string(t.detach().cpu().numpy(), precision=digits, separator=", ", max_line_width=10_000)
-    if isinstance(t, float):
-        return f"{t:.{digits + 4}g}"
-    return str(t)
-
-
-def _rationals(gen: torch.Generator, n: int, lo: int = -9, hi: int = 9, den: int = 7) -> list:
+def rationals(gen: torch.Generator, n: int, lo: int = -9, hi: int = 9, den: int = 7) -> list:
     """n exact rationals p/q (p ∈ [lo, hi], q ∈ [1, den]) drawn from ``gen``."""
     import sympy as sp
 
@@ -197,8 +184,8 @@ ACTS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _one(t: Tensor) -> Tensor:
-    """One example as a batch of one (the library's objectives take ``[B, ...]``)."""
+def as_batch(t: Tensor) -> Tensor:
+    """One example as a batch of one, ``[...] -> [1, ...]`` (the library's objectives take ``[B, ...]``)."""
     return t.unsqueeze(0)
 
 
@@ -249,24 +236,60 @@ def tril_to_cov(theta: Tensor, d: int) -> Tensor:
     return L @ L.T
 
 
+def lbfgs_maximise(
+    f: Callable[[Tensor], Tensor],
+    theta0: Tensor,
+    *,
+    max_iter: int,
+    tolerance_grad: float,
+    tolerance_change: float,
+    history_size: int = 100,
+    rounds: int = 1,
+    newton: int = 0,
+) -> tuple[Tensor, float]:
+    """argmax θ and max of a scalar ``f(θ)`` from ``theta0`` [n]: the checks' one numerical maximiser.
+
+    ``rounds`` calls of LBFGS (strong Wolfe line search; ``max_iter``, ``tolerance_grad``,
+    ``tolerance_change``, ``history_size`` as in ``torch.optim.LBFGS``), in ``theta0``'s dtype; then up
+    to ``newton`` Newton steps with the autograd Hessian of ``f`` (least-squares solve; a step is kept only
+    if it does not lower ``f``; stops when max |∇f| < 1e-12), which takes the gradient to rounding. Only
+    evaluates ``f``: independent of any closed form. Returns the detached θ and ``float(f(θ))``.
+    """
+    theta = theta0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance_grad,
+                            tolerance_change=tolerance_change, history_size=history_size, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -f(theta)
+        loss.backward()
+        return loss
+
+    for _ in range(rounds):
+        opt.step(closure)
+    v = theta.detach()
+    val = float(f(v))
+    for _ in range(newton):
+        g = torch.func.grad(f)(v)
+        if float(g.abs().max()) < 1e-12:
+            break
+        step = torch.linalg.lstsq(torch.func.hessian(f)(v), -g.unsqueeze(-1)).solution.squeeze(-1)
+        v_new = v + step
+        val_new = float(f(v_new))
+        if not val_new >= val:
+            break
+        v, val = v_new, val_new
+    return v, val
+
+
 def maximise_over_cov(fn: Callable[[Tensor], Tensor], d: int, *, iters: int = 200) -> tuple[Tensor, float]:
     """argmax and max over SPD Σ of a scalar ``fn(Σ)``, by LBFGS (strong Wolfe) over Σ = LLᵀ, float64.
 
     Independent of any closed form: starts at Σ = I and only evaluates ``fn``.
     """
     n = d * (d + 1) // 2
-    theta = torch.zeros(n, dtype=DTYPE, requires_grad=True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iters, tolerance_grad=1e-13, tolerance_change=1e-16,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -fn(tril_to_cov(theta, d))
-        loss.backward()
-        return loss
-
-    for _ in range(5):
-        opt.step(closure)
+    theta, _ = lbfgs_maximise(lambda t: fn(tril_to_cov(t, d)), torch.zeros(n, dtype=DTYPE), max_iter=iters,
+                              tolerance_grad=1e-13, tolerance_change=1e-16, history_size=50, rounds=5)
     with torch.no_grad():
         S = tril_to_cov(theta, d)
         return S, float(fn(S))
@@ -280,17 +303,90 @@ def gauss_hermite_expectation(f: Callable[[Tensor], Tensor], mean: Tensor, cov: 
 
     Exact for polynomials of degree ≤ 2n − 1 in each coordinate. ``f`` maps ``[N, d]`` → ``[N]``.
     """
-    d = mean.shape[-1]
-    x, w = np.polynomial.hermite_e.hermegauss(n)  # weight exp(−x²/2), Σw = √(2π)
-    w = w / math.sqrt(2 * math.pi)
-    grids = np.meshgrid(*([x] * d), indexing="ij")
-    nodes = torch.as_tensor(np.stack([g.reshape(-1) for g in grids], -1), dtype=DTYPE)  # [n^d, d]
-    wts = torch.as_tensor(np.prod(np.stack(np.meshgrid(*([w] * d), indexing="ij"), -1).reshape(-1, d), -1), dtype=DTYPE)
+    nodes, wts = (torch.as_tensor(a, dtype=DTYPE) for a in gauss_hermite_grid(n, mean.shape[-1]))  # [n^d, d], [n^d]
     L = torch.linalg.cholesky(cov)
     z = mean + nodes @ L.T
     return (wts * f(z)).sum()
 
 
+def gauss_hermite_2d(m: Tensor, s: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Tensor-product Gauss–Hermite nodes ``[n², 2]`` and weights ``[n²]`` for N(m, diag(s²)) in 2-D."""
+    nodes, w = (torch.as_tensor(a, dtype=DTYPE) for a in gauss_hermite_grid(n, 2))
+    return m + s * nodes, w
+
+
+def mean_se(v: Tensor) -> tuple[float, float]:
+    """Sample mean and its standard error."""
+    v = v.reshape(-1)
+    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(v.numel()))
+
+
 def sym_matrix_to_torch(M) -> Tensor:
     """A sympy Matrix of numbers → float64 tensor (evaluated with 30 digits, then rounded once)."""
     return torch.tensor([[float(M[i, j].evalf(30)) for j in range(M.shape[1])] for i in range(M.shape[0])], dtype=DTYPE)
+
+
+# ---------------------------------------------------------------- Monte Carlo and refutation evidence
+
+
+def mc_agrees(cid: str, method: str, samples: Tensor, exact: float, detail: str, seed: int) -> CheckResult:
+    """Monte Carlo mean of ``samples`` against an exact expectation: pass iff |mean − exact| ≤ k·s.e.
+
+    k from tolerance ``montecarlo-5se``; the stored atol is k·s.e. (in the units of the mean).
+    """
+    k = tol("montecarlo-5se", StandardErrors).k
+    mean, se = mean_se(samples)
+    err = abs(mean - exact)
+    return result(
+        cid, method, passed=bool(math.isfinite(mean) and err <= k * se), measured=mean, expected=exact,
+        abs_err=err, rel_err=err / abs(exact) if exact else None, atol=k * se, rtol=0.0,
+        detail=f"{detail}; Monte Carlo mean {mean:.6g} ± {se:.3g} (s.e., N={samples.numel()}), z = {err / se:.2f} "
+        f"[tolerance 'montecarlo-5se': pass iff |z| ≤ {k:g}]",
+        seed=seed,
+    )
+
+
+def mc_refutes(cid: str, method: str, samples: Tensor, printed: float, detail: str, seed: int) -> CheckResult:
+    """Evidence that a printed value is false: pass iff the MC mean differs from it by > k·s.e.
+
+    k from tolerance ``sec3-refute-se``; ``atol`` stores k·s.e., the discrepancy must exceed it.
+    """
+    k = tol("sec3-refute-se", StandardErrors).k
+    mean, se = mean_se(samples)
+    err = abs(mean - printed)
+    return result(
+        cid, method, passed=bool(math.isfinite(mean) and err > k * se), measured=mean, expected=printed,
+        abs_err=err, rel_err=err / abs(printed) if printed else None, atol=k * se, rtol=0.0,
+        detail=f"REFUTATION (passes when the discrepancy EXCEEDS atol): {detail}; Monte Carlo mean {mean:.6g} ± "
+        f"{se:.3g} (s.e., N={samples.numel()}) vs the printed value {printed:.6g}: z = {err / se:.1f} "
+        f"[tolerance 'sec3-refute-se': refuted iff |z| > {k:g}]",
+        seed=seed, sense="exceeds",
+    )
+
+
+def refutes(cid: str, method: str, measured: Any, printed: Any, detail: str, seed: int) -> CheckResult:
+    """Evidence that a printed equality is false: pass iff the worst |measured − printed| exceeds the floor.
+
+    Floor from tolerance ``sec3-refute-floor`` (rounding in these float64/40-digit routes is ≤ 1e-12).
+    """
+    t = tol("sec3-refute-floor", ErrorBound)
+    m = np.asarray(measured.detach() if isinstance(measured, Tensor) else measured, dtype=np.float64).reshape(-1)
+    e = np.asarray(printed.detach() if isinstance(printed, Tensor) else printed, dtype=np.float64).reshape(-1)
+    e = np.broadcast_to(e, m.shape)
+    diff = np.abs(m - e)
+    i = int(np.argmax(diff))
+    return result(
+        cid, method, passed=bool(np.all(np.isfinite(m)) and diff[i] > t.atol), measured=float(m[i]), expected=float(e[i]),
+        abs_err=float(diff[i]), rel_err=float(diff[i] / max(abs(e[i]), 1e-300)), atol=t.atol, rtol=0.0,
+        detail=f"REFUTATION (passes when the discrepancy EXCEEDS atol): {detail} [tolerance 'sec3-refute-floor']",
+        seed=seed, sense="exceeds",
+    )
+
+
+def min_above_floor(cid: str, meth: str, v: Tensor, detail: str, seed: int) -> CheckResult:
+    """Pass iff min(v) exceeds the refutation floor (a quantity that must be non-zero in every case)."""
+    t = tol("sec3-refute-floor", ErrorBound)
+    mn = float(v.min())
+    return result(cid, meth, passed=mn > t.atol, measured=mn, expected=f"> {t.atol:g}", abs_err=mn, atol=t.atol, rtol=0.0,
+                  detail=f"{detail} (smallest of {v.numel()} shown; passes when it EXCEEDS atol) [tolerance 'sec3-refute-floor']",
+                  seed=seed, sense="exceeds")

@@ -1,0 +1,1 @@
+"""Layer 3: the paper's derivation and erratum claims, one module per family (paper order)."""
