@@ -28,7 +28,7 @@ Floor: full GRAE needs 1 + d passes through the decoder's convolutions forward a
 costs about (1 + d)× the plain step's convolution time.
 
 Usage: ``python benchmarks/bench_core.py [--batch 8 64] [--decoders user nets] [--repeats 7]
-[--threads 2] [--quick] [--reverse] [--out results/bench_core-cpu.json]``.
+[--threads 2] [--quick] [--steps grae_approx_k1 grae_full] [--reverse] [--out results/bench_core-cpu.json]``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def bench(kind: str, B: int, args) -> dict:
         "grae_full": step(lambda: full("auto")(mean)),
         "grae_full_vmap": step(lambda: full("vmap")(mean)),
     }
+    if args.steps:
+        steps = {k: v for k, v in steps.items() if k in args.steps or k == "plain"}
     fns = dict(steps)
     if not args.quick:
         enc = MNISTEncoder(d).eval()
@@ -108,6 +110,8 @@ def bench(kind: str, B: int, args) -> dict:
         model = {k[len("model_"):]: stats[k] for k in fns if k.startswith("model_")}
         out["model_step_seconds"] = model
         out["model_step_ratio_to_plain"] = ratios(model, "plain")
+    if args.steps:
+        return out
     z = mean.detach()
     with torch.no_grad():
         jac = interleaved({m: (lambda m=m: gc.decoder_jacobian(dec, z, method=m)) for m in ("chain", "forward-ad", "vmap")},
@@ -131,16 +135,21 @@ def bench(kind: str, B: int, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 64])
-    ap.add_argument("--decoders", nargs="+", default=["user", "nets"], choices=["user", "nets"])
+    ap.add_argument("--decoders", nargs="+", default=None, choices=["user", "nets"], help="default: both (--quick: user)")
     ap.add_argument("--latent-dim", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="3 repeats, the user decoder only, no whole-model steps")
+    ap.add_argument("--quick", action="store_true", help="3 repeats, the user decoder unless --decoders, no whole-model steps")
+    ap.add_argument("--steps", nargs="+", default=None,
+                    choices=["grae_approx_k1", "grae_approx_k1_forward_ad", "grae_full", "grae_full_vmap"],
+                    help="time only these steps (and the plain one), no Jacobian table (a short run on a busy machine)")
     ap.add_argument("--reverse", action="store_true", help="also time the slow reverse-mode Jacobian reference")
     ap.add_argument("--out", default=None, help="also write the JSON here (e.g. results/bench_core-cpu.json)")
     args = ap.parse_args()
+    if args.decoders is None:
+        args.decoders = ["user"] if args.quick else ["user", "nets"]
     if args.quick:
-        args.repeats, args.decoders = 3, ["user"]
+        args.repeats = 3
     pin_threads(args.threads)
     out = {"benchmark": "bench_core", "provenance": provenance(args.threads),
            "setting": {"latent_dim": args.latent_dim, "dtype": "float32", "batchnorm": "eval", "beta": BETA,
