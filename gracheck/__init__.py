@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "BernoulliObs": "gracheck.likelihoods",
     "GaussianObs": "gracheck.likelihoods",
     "GaussianPosterior": "gracheck.posteriors",
+    "JacobianRoute": "gracheck.autodiff",
     "beta_vae_objective": "gracheck.objectives",
     "block_sizes": "gracheck.posteriors",
     "decoder_jacobian": "gracheck.autodiff",
@@ -26,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "grae_regularizer": "gracheck.objectives",
     "hadamard_bound": "gracheck.objectives",
     "jacobian_columns": "gracheck.autodiff",
+    "jacobian_route": "gracheck.autodiff",
     "num_params": "gracheck.posteriors",
     "optimal_covariance": "gracheck.objectives",
     "orthogonality_penalty": "gracheck.objectives",
@@ -51,7 +53,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
-    from gracheck.autodiff import decoder_jacobian, jacobian_columns
+    from gracheck.autodiff import JacobianRoute, decoder_jacobian, jacobian_columns, jacobian_route
     from gracheck.likelihoods import BernoulliObs, GaussianObs
     from gracheck.objectives import (
         beta_vae_objective,

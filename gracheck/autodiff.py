@@ -7,16 +7,23 @@ forward mode costs d JVPs for the whole of J (8–128 here) where reverse mode w
 cost D backward passes (784 for MNIST, 12288 for CelebA).
 
 Engine: three routes, chosen by ``method``. "auto" takes "chain" whenever the decoder
-is a chain of known layers, else "forward-ad" for k ≤ 2 columns and "vmap" beyond.
+is made of pieces it supports, else "forward-ad" for k ≤ 2 columns and "vmap" beyond;
+:func:`jacobian_route` says which route a decoder gets and why.
 
-* "chain": a decoder that is an ``nn.Sequential``, or a module whose
-  ``jacobian_chain()`` lists the layers its forward composes (every decoder in
-  :mod:`gracheck.nets`), built from Linear, Conv/ConvTranspose 1-3d, BatchNorm 1-3d,
-  ELU/ReLU/LeakyReLU/Sigmoid/Tanh/Softplus, Identity/eval Dropout and
-  Flatten/Unflatten. One ordinary forward gives g(z) and each layer's tangent
-  action; the k tangents then go through the weights (no bias) and the activation
-  derivatives on slices of the batch. The fastest route for full J (the full GRAE
-  step on the MNIST decoder, B = 64: 12.1–12.4× a plain step, against 16.8–17.5× by vmap).
+* "chain" (:mod:`gracheck._chain`): explicit tangents through a *plan* of the decoder: the
+  layers a module's ``jacobian_chain()`` lists (every decoder in :mod:`gracheck.nets`), or else
+  its forward traced with torch.fx, so a user's own forward needs no restating: Linear,
+  Conv/ConvTranspose 1-3d, BatchNorm 1-3d, activations as modules, functions or tensor methods
+  (ELU, ReLU, LeakyReLU, sigmoid, tanh, softplus, SiLU, GELU, exp), F.linear/F.conv* with the
+  module's parameters, view/reshape/flatten/unflatten/permute/transpose, slicing and crops,
+  padding, average pooling, interpolation, cat, sums over non-batch dimensions, sums and
+  products of values, constant scaling and shifts, nested Sequentials and custom modules. One
+  ordinary forward gives g(z) and each node's tangent action; the k tangents then go through
+  the weights (no bias) and the derivatives on slices of the batch. The fastest route for full J
+  (benchmarks/bench_core.py). With ``method="chain"`` a decoder it cannot take raises a
+  ValueError naming the node. Under ``torch.compile`` the route is traced into the compiled graph
+  (one graph when the decoder's plan is already cached, e.g. after one eager call; building a
+  plan runs eagerly), and the generic routes below run eagerly.
 * "forward-ad": :mod:`torch.autograd.forward_ad` dual tensors; the decoder
   runs once on rows (example, column) carrying one-hot tangents, and the same pass
   returns the primal g(z), so a GRAE≈ step needs no separate reconstruction forward.
@@ -55,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -62,33 +70,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from gracheck._chain import (
+    PLAIN_CONVS,
+    ChainRefused,
+    batch_stats,
+    chain_plan,
+    conv_linear_part,
+    normalise,
+    record_refusal,
+    restore_running_stats,
+    save_running_stats,
+)
 from gracheck.base.validate import check_tensor
 
 Decoder = Callable[[Tensor], Tensor]
-
-
-def normalise(self: nn.modules.batchnorm._BatchNorm, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
-    if self.affine:
-        y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
-    return y
-
-
-def batch_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor, rows_per_example: int) -> tuple[Tensor, Tensor]:
-    """Batch mean/variance of ``x`` (autograd kept) and the running-statistics update of one training forward."""
-    dims = [0] + list(range(2, x.dim()))
-    mean = x.mean(dims)
-    var = x.var(dims, unbiased=False)
-    if self.track_running_stats and self.running_mean is not None:
-        n = x.numel() // x.shape[1] // rows_per_example
-        with torch.no_grad():
-            if self.num_batches_tracked is not None:
-                self.num_batches_tracked.add_(1)
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-            self.running_var.lerp_((var.detach() * (n / max(n - 1, 1))).to(self.running_var.dtype), m)
-    return mean, var
 
 
 def _bn_dual(self, x: Tensor) -> Tensor:
@@ -127,16 +122,6 @@ def _patched_batchnorm(module: object, forward, rows: int = 1) -> Iterator[list]
             del m._gracheck_rows
 
 
-@contextlib.contextmanager
-def per_example_batchnorm(module: object) -> Iterator[None]:
-    """Within the block, training-mode BatchNorm layers of ``module`` take their statistics from the
-    primal of forward-mode dual inputs, so tangents see them as constants (per-example Jacobians)
-    while values, autograd and running statistics are those of an ordinary training forward.
-    For use with :mod:`torch.autograd.forward_ad`; a no-op for non-modules and eval mode."""
-    with _patched_batchnorm(module, _bn_dual):
-        yield
-
-
 # Convolutions under dual tensors. PyTorch's forward-mode rule for convolution evaluates
 # conv(x_t, W) + conv(x, W_t) and materialises a zero tangent for a weight that is not dual, so
 # every conv layer costs three convolutions forward, and three more in the backward of a training
@@ -145,22 +130,11 @@ def per_example_batchnorm(module: object) -> Iterator[None]:
 # linear map without the bias: conv(x_t, W). Computing it directly takes the GRAE≈ training step
 # from 2.8× to 2.2× a plain step (benchmarks/bench_core.py). Applied only to modules whose class
 # is exactly a torch convolution (a subclass may override forward; it keeps the generic rule).
-_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
-
-def _conv_linear_part(m: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
-    """The convolution's linear map without its bias, i.e. its derivative applied to ``x``."""
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        return _CONV_T[len(m.kernel_size)](x, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
-    return m._conv_forward(x, m.weight, None)  # honours padding_mode
-
-
 def _conv_dual(self: nn.modules.conv._ConvNd, x: Tensor, *args) -> Tensor:
     primal, tangent = fwAD.unpack_dual(x)
     if tangent is None or args:  # no tangent, or ConvTranspose's output_size: the generic rule
         return type(self).forward(self, x, *args)
-    return fwAD.make_dual(type(self).forward(self, primal), _conv_linear_part(self, tangent))
+    return fwAD.make_dual(type(self).forward(self, primal), conv_linear_part(self, tangent))
 
 
 @contextlib.contextmanager
@@ -168,7 +142,7 @@ def _patched_convs(module: object) -> Iterator[None]:
     patched: list[nn.Module] = []
     if isinstance(module, nn.Module):
         for m in module.modules():
-            if type(m) in _PLAIN_CONVS and "forward" not in m.__dict__:
+            if type(m) in PLAIN_CONVS and "forward" not in m.__dict__:
                 m.forward = types.MethodType(_conv_dual, m)
                 patched.append(m)
     try:
@@ -230,184 +204,6 @@ def _columns_vmap(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[Tensor
     return g, torch.cat(parts, 1).permute(1, 2, 0)
 
 
-# ------------------------------------------------------------------ route 3: "chain"
-# A decoder that is a chain of known layers (``nn.Sequential``, or a module whose
-# ``jacobian_chain()`` returns the layers its forward composes) gets its tangents propagated
-# by hand: one ordinary forward computes g(z) and, per layer, what the tangent needs (the
-# elementwise derivative of an activation, the per-channel scale of a BatchNorm); then the
-# k tangents of each example go through the linear maps (Linear/conv weights without bias)
-# and those derivatives, on slices of about CHAIN_ROWS (example, column) rows. The primal is
-# computed once and never re-run inside a transform, no convolution is spent on a zero weight
-# tangent, and the backward of a training step is plain first-order autograd through these
-# ops (the activation derivatives carry the second-derivative terms). A BatchNorm's scale is
-# folded into the next activation's derivative. Measured on the paper's MNIST decoder, d = 12,
-# B = 64 (benchmarks/bench_core.py): the full GRAE step falls from 16.8–17.5× a plain step
-# (vmap route) to 12.1–12.4× (11.2× at B = 16). The tangent convolutions then run at the plain
-# step's rate per row: 1 + d = 13 times the plain step's convolution time is 11.8× its whole time,
-# and the elementwise work on k·B tangent rows makes up the rest. Slices of 96 rows were the
-# fastest of 48–384 for every convolution of that decoder.
-CHAIN_ROWS = 96
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-TangentOp = Callable[[Tensor, int, int, int], Tensor]  # (T [b·k, ...], first example, b, k) → T
-
-
-def channel_shape(x: Tensor) -> list[int]:
-    return [1, -1] + [1] * (x.dim() - 2)
-
-
-def _elu(m: nn.ELU, x: Tensor) -> tuple[Tensor, Tensor]:
-    y = F.elu(x, m.alpha)
-    # ELU'(x) = 1 for x > 0 and α eˣ = y + α for x ≤ 0 (where y ≤ 0): min(y, 0) + 1 when α = 1
-    return y, (y.clamp(max=0) + 1 if m.alpha == 1.0 else torch.where(x > 0, torch.ones_like(y), y + m.alpha))
-
-
-def _sigmoid(m: nn.Sigmoid, x: Tensor) -> tuple[Tensor, Tensor]:
-    y = torch.sigmoid(x)
-    return y, y * (1 - y)
-
-
-def _tanh(m: nn.Tanh, x: Tensor) -> tuple[Tensor, Tensor]:
-    y = torch.tanh(x)
-    return y, 1 - y * y
-
-
-def _softplus(m: nn.Softplus, x: Tensor) -> tuple[Tensor, Tensor]:
-    bx = x * m.beta
-    return F.softplus(x, m.beta, m.threshold), torch.where(bx > m.threshold, torch.ones_like(x), torch.sigmoid(bx))
-
-
-# Elementwise activations: (module, x) → (y, dy/dx elementwise); differentiable in x, so the
-# backward of a training step gets the second-derivative terms through them.
-ACTIVATION_RULES: dict[type, Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]] = {
-    nn.ELU: _elu,
-    nn.ReLU: lambda m, x: (F.relu(x), (x > 0).to(x.dtype)),
-    nn.LeakyReLU: lambda m, x: (F.leaky_relu(x, m.negative_slope),
-                                torch.full_like(x, m.negative_slope).masked_fill_(x > 0, 1.0)),
-    nn.Sigmoid: _sigmoid,
-    nn.Tanh: _tanh,
-    nn.Softplus: _softplus,
-}
-
-
-def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
-def _chain_unsupported(m: nn.Module) -> str | None:
-    """Why the chain route cannot take layer ``m`` (None: it can)."""
-    if _hooked(m):
-        return "it has hooks"
-    t = type(m)
-    if t in _IDENTITIES:
-        return "dropout in training mode" if t is not nn.Identity and m.training and m.p > 0 else None
-    if t in (nn.Linear, *_PLAIN_CONVS, *_BATCHNORMS, nn.Flatten, nn.Unflatten) or t in ACTIVATION_RULES:
-        return None
-    return f"{t.__name__} is not a layer the chain route knows"
-
-
-def _chain_layers(decoder: object) -> tuple[list[nn.Module] | None, str]:
-    """The decoder as a flat list of supported layers, or (None, the reason it is not one)."""
-    if isinstance(decoder, nn.Module) and _hooked(decoder):
-        return None, "the decoder has hooks, which only its own forward would run"
-    if type(decoder) is nn.Sequential:
-        todo = list(decoder)
-    elif isinstance(decoder, nn.Module) and callable(getattr(decoder, "jacobian_chain", None)):
-        todo = list(decoder.jacobian_chain())
-    else:
-        return None, "the decoder is neither an nn.Sequential nor a module with jacobian_chain()"
-    layers: list[nn.Module] = []
-    while todo:
-        m = todo.pop(0)
-        if type(m) is nn.Sequential and not _hooked(m):
-            todo[:0] = list(m)
-            continue
-        why = _chain_unsupported(m) if isinstance(m, nn.Module) else "it is not an nn.Module"
-        if why is not None:
-            return None, f"layer {len(layers)} ({type(m).__name__}): {why}"
-        layers.append(m)
-    return layers, ""
-
-
-def _chain_step(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple[str, object] | None]:
-    """One layer's primal output and what it does to tangents: ("map", TangentOp), ("scale", a
-    per-channel factor), ("times", an elementwise derivative [B, ...] per example), or None."""
-    t = type(m)
-    if t is nn.Linear:
-        if x.shape[-1] != m.in_features:
-            raise ValueError(f"z: the decoder's Linear layer expects {m.in_features} inputs, got shape {tuple(x.shape)}")
-        W = m.weight
-        return m(x), ("map", lambda T, s, b, k: F.linear(T, W))
-    if t in _PLAIN_CONVS:
-        return m(x), ("map", lambda T, s, b, k: _conv_linear_part(m, T))
-    if t in _BATCHNORMS:
-        if m.training or m.running_var is None:  # batch statistics, held constant for the tangent
-            mean, var = batch_stats(m, x, 1)
-            y = normalise(m, x, mean, var)
-        else:
-            var, y = m.running_var, m(x)
-        scale = torch.rsqrt(var + m.eps)
-        return y, ("scale", scale * m.weight if m.affine else scale)
-    if t in _IDENTITIES:
-        return x, None
-    if t is nn.Flatten or t is nn.Unflatten:
-        dim = m.start_dim if t is nn.Flatten else m.dim
-        if dim % x.dim() == 0:
-            raise ValueError(f"decoder: {t.__name__}({dim}) would reshape the batch dimension")
-        return m(x), ("map", lambda T, s, b, k: m(T))
-    if t in ACTIVATION_RULES:
-        y, deriv = ACTIVATION_RULES[t](m, x)
-        return y, ("times", deriv)
-    raise AssertionError(f"unsupported layer {t.__name__} reached _chain_step")  # _chain_layers filters these
-
-
-def _tangent_ops(steps: list[tuple[str, object]]) -> list[TangentOp]:
-    """The per-layer tangent actions as functions; a BatchNorm scale directly followed by an
-    activation is folded into the activation's derivative (one multiplication per tangent, not two)."""
-    ops: list[TangentOp] = []
-    i = 0
-    while i < len(steps):
-        kind, v = steps[i]
-        if kind == "scale" and i + 1 < len(steps) and steps[i + 1][0] == "times":
-            deriv = steps[i + 1][1]
-            kind, v, i = "times", deriv * v.reshape(channel_shape(deriv)), i + 1
-        if kind == "map":
-            ops.append(v)
-        elif kind == "scale":
-            ops.append(lambda T, s, b, k, a=v: T * a.reshape(channel_shape(T)))
-        else:  # "times": one derivative per example, shared by its k tangents
-            def times(T: Tensor, s: int, b: int, k: int, deriv: Tensor = v) -> Tensor:
-                rest = T.shape[1:]
-                return (T.reshape(b, k, *rest) * deriv[s : s + b].unsqueeze(1)).reshape(b * k, *rest)
-
-            ops.append(times)
-        i += 1
-    return ops
-
-
-def _columns_chain(layers: list[nn.Module], z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
-    """Route 3: explicit tangent propagation through a chain of known layers (see above)."""
-    B, k, d = tangents.shape
-    x, steps = z, []
-    for m in layers:
-        x, step = _chain_step(m, x)
-        if step is not None:
-            steps.append(step)
-    _check_out(x, B)
-    g = x.reshape(B, -1)
-    ops = _tangent_ops(steps)
-    rows = max(1, CHAIN_ROWS // max(k, 1))
-    parts = []
-    for s in range(0, B, rows):
-        b = min(rows, B - s)
-        T = tangents[s : s + b].reshape(b * k, d)
-        for op in ops:
-            T = op(T, s, b, k)
-        parts.append(T.reshape(b, k, -1))
-    J = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return g, J.transpose(1, 2)
-
-
 def _check_out(out: object, rows: int) -> None:
     if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != rows:
         raise ValueError(f"decoder: must map [B, d] to [B, ...]; got output of shape {getattr(out, 'shape', None)}")
@@ -416,18 +212,107 @@ def _check_out(out: object, rows: int) -> None:
 _METHODS = ("auto", "chain", "forward-ad", "vmap")
 
 
-def _run_columns(decoder: Decoder, z: Tensor, tangents: Tensor, method: str) -> tuple[Tensor, Tensor]:
+def _fallback(k: int) -> str:
+    # Measured on the paper's MNIST decoder (benchmarks/bench_core.py): dual tensors win for one or
+    # two columns (no separate primal pass), vmap wins beyond (the primal is not repeated k times).
+    return "forward-ad" if k <= 2 else "vmap"
+
+
+@dataclass(frozen=True)
+class JacobianRoute:
+    """Which route ``method="auto"`` takes for a decoder, and why (see :func:`jacobian_route`).
+
+    ``method``: "chain", or the generic route it falls back to ("forward-ad" for k ≤ 2 columns,
+    "vmap" beyond). ``plan``: how the chain was obtained ("jacobian_chain()" or "torch.fx trace of
+    its forward"), None without one. ``reason``: why the chain route does not take the decoder
+    ("" when it does). ``nodes``: the chain's z-dependent nodes in order (empty without one).
+    """
+
+    method: str
+    plan: str | None
+    reason: str
+    nodes: tuple[str, ...] = ()
+
+
+def jacobian_route(decoder: Decoder, z: Tensor | None = None, *, k: int | None = None) -> JacobianRoute:
+    """The route ``method="auto"`` takes for ``decoder``, and why.
+
+    Without ``z`` only the decoder's structure is examined (tracing uses a stand-in input of shape
+    ``[2, d]`` with d read from a first Linear layer, else 1). With ``z [B, d]`` the plan is also
+    run once on it without gradients (running statistics restored), so refusals that depend on the
+    input (e.g. a reshape that would mix examples at this batch size) are found too.
+    ``k``: columns per example (None: the full Jacobian, k = d; d > 2 when z is not given).
+    """
+    if z is None:
+        zz = torch.zeros(2, _guess_d(decoder))
+    else:
+        _check_z(z)
+        zz = z
+    kk = k if k is not None else (zz.shape[1] if z is not None else 3)
+    plan, why, key = chain_plan(decoder, zz)
+    if plan is not None and z is not None:
+        with torch.no_grad():
+            saved = save_running_stats(plan.batchnorms)
+            try:
+                plan.run(decoder, z, torch.zeros(z.shape[0], 1, dtype=torch.long, device=z.device))
+            except ChainRefused as e:
+                why = str(e)
+                plan = None
+            finally:
+                restore_running_stats(saved)
+    if plan is None:
+        return JacobianRoute(_fallback(kk), None, why)
+    return JacobianRoute("chain", plan.source, "", plan.describe())
+
+
+def _guess_d(decoder: object) -> int:
+    if isinstance(decoder, nn.Module):
+        for m in decoder.modules():
+            if isinstance(m, nn.Linear):
+                return m.in_features
+    return 1
+
+
+@torch.compiler.disable
+def _chain_plan_eager(decoder: Decoder, z: Tensor):
+    return chain_plan(decoder, z)
+
+
+def _plan(decoder: Decoder, z: Tensor):
+    # Under torch.compile a cached plan is looked up inside the traced code (dynamo then guards on the
+    # decoder's modules, modes and attributes, as the fingerprint reads them, so a change recompiles);
+    # building a plan (fx tracing) runs eagerly, a graph break on the first compile only. The plan's
+    # evaluation, the objective and the backward are compiled (benchmarks/bench_jax.py).
+    if not torch.compiler.is_compiling():
+        return chain_plan(decoder, z)
+    plan, why, key = chain_plan(decoder, z, build=False)
+    return _chain_plan_eager(decoder, z) if why is None else (plan, why, key)
+
+
+# The generic routes run eagerly under torch.compile (torch.func transforms inside a compiled region
+# are not reliable in torch 2.13, e.g. vmap over jvp through layer_norm fails while tracing).
+_forward_ad_eager = torch.compiler.disable(lambda decoder, z, tangents: _columns_forward_ad(decoder, z, tangents))
+_vmap_eager = torch.compiler.disable(lambda decoder, z, tangents: _columns_vmap(decoder, z, tangents))
+
+
+def _run_columns(decoder: Decoder, z: Tensor, columns: Tensor, method: str) -> tuple[Tensor, Tensor]:
+    """g ``[B, D]`` and the columns ``[B, D, k]`` of J at ``columns [B, k]`` by the chosen route."""
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if method in ("auto", "chain"):
-        layers, why = _chain_layers(decoder)
-        if layers is not None:
-            return _columns_chain(layers, z, tangents)
+        plan, why, key = _plan(decoder, z)
+        if plan is not None:
+            try:
+                return plan.run(decoder, z, columns)
+            except ChainRefused as e:
+                why = str(e)
+                record_refusal(decoder, key, why)
         if method == "chain":
-            raise ValueError(f"method: 'chain' needs a decoder made of known layers; {why}")
-        # Measured on the paper's MNIST decoder (benchmarks/bench_core.py): dual tensors win for one or
-        # two columns (no separate primal pass), vmap wins beyond (the primal is not repeated k times).
-        method = "forward-ad" if tangents.shape[1] <= 2 else "vmap"
+            raise ValueError(f"method: 'chain' needs a decoder made of supported pieces; {why}")
+        method = _fallback(columns.shape[1])
+    tangents = F.one_hot(columns, z.shape[1]).to(z.dtype)  # [B, k, d]
+    if torch.compiler.is_compiling():
+        return (_forward_ad_eager if method == "forward-ad" else _vmap_eager)(decoder, z, tangents)
     if method == "forward-ad":
         return _columns_forward_ad(decoder, z, tangents)
     return _columns_vmap(decoder, z, tangents)
@@ -443,8 +328,8 @@ def jacobian_columns(
         z: latents ``[B, d]``.
         columns: LongTensor ``[B, k]`` of per-example column indices in ``[0, d)``.
         return_output: also return the decoder output g(z) ``[B, D]`` from the same computation.
-        method: "chain" (known layers, explicit tangents), "forward-ad" (dual tensors, one pass),
-            "vmap" (torch.func), or "auto" (chain when the decoder allows it; see the module docstring).
+        method: "chain" (supported pieces, explicit tangents), "forward-ad" (dual tensors, one pass),
+            "vmap" (torch.func), or "auto" (chain when the decoder allows it; see :func:`jacobian_route`).
 
     Returns:
         ``[B, D, k]`` with ``out[b, :, j] = ∂g(z_b)/∂z_b[columns[b, j]]`` (and g when asked).
@@ -455,10 +340,9 @@ def jacobian_columns(
     B, d = z.shape
     if columns.dim() != 2 or columns.shape[0] != B or columns.shape[1] < 1:
         raise ValueError(f"columns: expected shape [B={B}, k] with k ≥ 1, got {tuple(columns.shape)}")
-    if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= d):
+    if columns.numel() and not torch.compiler.is_compiling() and (int(columns.min()) < 0 or int(columns.max()) >= d):
         raise ValueError(f"columns: indices must lie in [0, {d}), got range [{int(columns.min())}, {int(columns.max())}]")
-    tangents = F.one_hot(columns.long().to(z.device), d).to(z.dtype)  # [B, k, d]
-    g, cols = _run_columns(decoder, z, tangents, method)
+    g, cols = _run_columns(decoder, z, columns.long().to(z.device), method)
     return (g, cols) if return_output else cols
 
 
@@ -471,6 +355,6 @@ def decoder_jacobian(
     """
     _check_z(z)
     B, d = z.shape
-    eye = torch.eye(d, dtype=z.dtype, device=z.device).expand(B, d, d)
-    g, J = _run_columns(decoder, z, eye, method)
+    columns = torch.arange(d, device=z.device).expand(B, d)
+    g, J = _run_columns(decoder, z, columns, method)
     return (g, J) if return_output else J

@@ -44,7 +44,8 @@ How the layers are batched (explicit batching, chosen by measurement on this CPU
   32768-element grain at which PyTorch splits work between threads) and otherwise applies the op to
   each model's slice (M calls). With batch sizes that are multiples of 32 the batched call is used.
 * The decoder Jacobian columns of GRAE≈ / GRAE are propagated layer by layer exactly as the
-  engine's "chain" route does (:mod:`gracheck.autodiff`: one primal forward, BatchNorm statistics
+  engine's "chain" route does on a declared chain (its fixed schedule, :mod:`gracheck._chain`: one
+  primal forward, BatchNorm statistics
   held constant for the tangents and folded into the next activation's derivative, the k tangents
   of each example through the weights without bias, in slices of the same number of rows), using
   the engine's own activation-derivative table and BatchNorm statistics functions on the stacked
@@ -129,7 +130,7 @@ from torch import Tensor
 
 from gracheck import nets, posteriors
 from gracheck import train as _tr
-from gracheck.autodiff import ACTIVATION_RULES, CHAIN_ROWS, batch_stats, channel_shape, normalise
+from gracheck._chain import ACTIVATION_RULES, CHAIN_ROWS, batch_stats, channel_shape, normalise
 from gracheck.objectives import grae_regularizer, hadamard_bound, sample_columns
 from gracheck.posteriors import GaussianPosterior
 from gracheck.train import CheckpointError, ConfigMismatchError, TrainConfig, TrainingDiverged, TrainResult
@@ -415,7 +416,7 @@ class _LinearFn(torch.autograd.Function):
 #
 # Each layer holds the parameters of its rows (models) stacked along dim 0 under the single model's
 # attribute names, runs an ordinary forward (``forward``) and the chain route's primal + tangent
-# action (``chain``), mirroring gracheck.autodiff._chain_step.
+# action (``chain``), mirroring the rules of gracheck._chain on a declared chain.
 
 TangentOp = Callable[[_A, int, int, int], _A]
 
@@ -474,7 +475,7 @@ class _SConv(_Stacked):
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in mods]).clone())
 
     def _one(self, x: Tensor, W: Tensor, b: Tensor | None, groups: int) -> Tensor:
-        # nn.ConvNd.forward (and, without the bias, autodiff._conv_linear_part)
+        # nn.ConvNd.forward (and, without the bias, gracheck._chain.conv_linear_part)
         if self.transposed:
             return _CONV_T[self.nd](x, W, b, self.stride, self.padding, self.output_padding, groups, self.dilation)
         return _CONV[self.nd](x, W, b, self.stride, self.padding, self.dilation, groups)
@@ -511,7 +512,7 @@ class _SBatchNorm(_Stacked):
         self.register_buffer("num_batches_tracked", torch.stack([m.num_batches_tracked for m in mods]).clone())
 
     def _proxy(self, m: int | None):
-        """What autodiff.batch_stats/normalise read from a BatchNorm module: one model's, or all (flattened)."""
+        """What gracheck._chain.batch_stats/normalise read from a BatchNorm module: one model's, or all (flattened)."""
         sl = (lambda t: t.reshape(-1)) if m is None else (lambda t: t[m])
         w = (lambda t: t.reshape(-1)) if m is None else (lambda t: _aligned(t[m]))
         return types.SimpleNamespace(
@@ -811,7 +812,7 @@ class Ensemble(nn.Module):
     def decoder_columns(self, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
         """``(g [M, B, D], J·tangents [M, B, D, k])`` for ``z [M, B, d]`` and ``tangents [M, B, k, d]``.
 
-        The engine's "chain" route (:mod:`gracheck.autodiff`) on the stacked layers: one primal
+        The engine's "chain" route on a declared chain (its fixed schedule) on the stacked layers: one primal
         forward, batch statistics held constant for the tangents, the tangents in slices of
         ``CHAIN_ROWS`` (example, column) rows.
         """

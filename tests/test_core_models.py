@@ -342,15 +342,19 @@ def test_dual_tensor_convolutions_match_vmap_route_values_and_gradients(train_mo
 
 
 @pytest.mark.parametrize("rows", [1, 5, 1000])
-@pytest.mark.parametrize("method,knob", [("vmap", "_VMAP_ROWS"), ("chain", "CHAIN_ROWS")])
-def test_route_batch_slicing_changes_nothing(monkeypatch, method, knob, rows):
-    """The vmap and chain routes run their tangent passes on slices of the batch (about _VMAP_ROWS /
-    CHAIN_ROWS rows each). Uneven slices, one example per slice, and one slice must all give the
-    dual-tensor route's g and J, the same parameter gradient, and one running-statistics update
-    (train-mode BatchNorm)."""
+@pytest.mark.parametrize("method", ["vmap", "chain"])
+def test_route_batch_slicing_changes_nothing(monkeypatch, method, rows):
+    """The vmap and chain routes run their tangent passes on slices of the batch (about _VMAP_ROWS
+    rows, or as many examples as gracheck._chain.slice_examples allows). Uneven slices, one example
+    per slice, and one slice must all give the dual-tensor route's g and J, the same parameter
+    gradient, and one running-statistics update (train-mode BatchNorm)."""
+    import gracheck._chain as chain
     import gracheck.autodiff as ad
 
-    monkeypatch.setattr(ad, knob, rows)
+    if method == "vmap":
+        monkeypatch.setattr(ad, "_VMAP_ROWS", rows)
+    else:
+        monkeypatch.setattr(chain, "slice_examples", lambda k, row_bytes: max(1, rows // k))
     torch.manual_seed(5)
     make = lambda: nn.Sequential(nn.Linear(3, 12), nn.BatchNorm1d(12), nn.ELU(), nn.Linear(12, 6)).double().train()
     dec_a, dec_b = make(), make()
@@ -388,12 +392,10 @@ def test_chain_route_every_layer_vs_reverse_mode_and_vmap_gradients(train_mode):
     the next activation's derivative, reshapes). Check its J against per-example reverse mode (eval
     mode; train mode with frozen statistics is covered against the vmap route) and the parameter
     gradient of a loss on (g, J) against the vmap route, on a decoder using every supported layer."""
-    import gracheck.autodiff as ad
-
     dec = _chain_zoo(train_mode)
-    layers, why = ad._chain_layers(dec)
-    assert layers is not None, why
-    assert len(layers) == 21  # the nested Sequential was flattened
+    route = gc.jacobian_route(dec)
+    assert route.method == "chain", route.reason
+    assert len(route.nodes) == 21  # the nested Sequential was traced through
     z = torch.randn(6, 3, generator=_gen(52), dtype=DT)
     params = list(dec.parameters())
     out = {}
@@ -413,7 +415,6 @@ def test_chain_route_every_layer_vs_reverse_mode_and_vmap_gradients(train_mode):
 def test_chain_route_takes_the_papers_nets_through_jacobian_chain():
     """gracheck.nets decoders declare their layers (jacobian_chain); composing them must reproduce
     forward, and "auto" must then take the chain route and agree with the vmap route."""
-    import gracheck.autodiff as ad
     from gracheck.nets import CelebADecoder, MLPDecoder, MNISTDecoder
 
     torch.manual_seed(7)
@@ -425,42 +426,53 @@ def test_chain_route_takes_the_papers_nets_through_jacobian_chain():
         for m in dec.jacobian_chain():
             x = m(x)
         torch.testing.assert_close(x, dec(z), rtol=0, atol=0)
-        assert ad._chain_layers(dec)[0] is not None
-        calls = []
-        orig = ad._columns_chain
-        ad._columns_chain = lambda *a: calls.append(1) or orig(*a)
-        try:
-            J = gc.decoder_jacobian(dec, z)
-        finally:
-            ad._columns_chain = orig
-        assert calls == [1]
+        assert gc.jacobian_route(dec).plan == "jacobian_chain()"
+        J = gc.decoder_jacobian(dec, z, method="chain")
         torch.testing.assert_close(J, gc.decoder_jacobian(dec, z, method="vmap"), rtol=1e-10, atol=1e-12)
 
 
-def test_chain_route_refuses_unknown_layers_and_auto_falls_back():
-    """A layer the chain route does not know (a conv subclass with its own forward, a hooked module,
-    training-mode dropout, a plain callable) makes method="chain" raise a ValueError naming it, while
-    "auto" falls back to the generic routes and still gives the right Jacobian."""
-    import gracheck.autodiff as ad
+class _DeclaredChain(nn.Module):
+    """A module declaring its layers through jacobian_chain() (checked layer by layer, not traced)."""
 
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.layers(z)
+
+    def jacobian_chain(self):
+        return tuple(self.layers)
+
+
+def test_chain_route_refuses_unknown_layers_and_auto_falls_back():
+    """A layer the chain route does not know (a conv subclass declared through jacobian_chain(), a
+    LayerNorm, a hooked module, training-mode dropout, a plain callable) makes method="chain" raise a
+    ValueError naming it, while "auto" falls back to the generic routes and still gives the right
+    Jacobian. Inside an nn.Sequential the conv subclass is traced through (its own forward scales a
+    functional convolution), so there it takes the chain route."""
     z = torch.randn(4, 3, generator=_gen(55), dtype=DT)
+    torch.manual_seed(3)
     scaled = nn.Sequential(nn.Linear(3, 2 * 3 * 3), nn.Unflatten(1, (2, 3, 3)), _ScaledConv(2, 1, 3, padding=1)).double()
+    declared = _DeclaredChain(*scaled).double()
+    norm = nn.Sequential(nn.Linear(3, 5), nn.LayerNorm(5)).double()
     hooked = _mlp()
     hooked[1].register_forward_hook(lambda m, i, o: 2 * o)
     dropout = nn.Sequential(nn.Linear(3, 5), nn.Dropout(0.5)).double().train()
     top_hooked = _mlp()
     top_hooked.register_forward_pre_hook(lambda m, i: (2 * i[0],))
-    for dec, name in ((scaled, "_ScaledConv"), (hooked, "has hooks"), (top_hooked, "decoder has hooks"),
+    for dec, name in ((declared, "_ScaledConv"), (norm, "LayerNorm"), (hooked, "has hooks"), (top_hooked, "has hooks"),
                       (dropout, "dropout in training mode")):
         with pytest.raises(ValueError, match=name):
             gc.decoder_jacobian(dec, z, method="chain")
-    for dec in (scaled, hooked, top_hooked):
+    for dec in (declared, norm, hooked, top_hooked, scaled):
         torch.testing.assert_close(gc.decoder_jacobian(dec, z), _reverse_jacobian(dec, z), rtol=1e-11, atol=1e-13)
-    with pytest.raises(ValueError, match="neither an nn.Sequential"):
+    assert gc.jacobian_route(scaled).method == "chain"
+    with pytest.raises(ValueError, match="not an nn.Module"):
         gc.decoder_jacobian(lambda zz: zz.sin(), z, method="chain")
     with pytest.raises(ValueError, match="Linear layer expects 3 inputs"):
         gc.decoder_jacobian(_mlp(), torch.randn(4, 5, dtype=DT), method="chain")
-    assert ad._chain_layers(_mlp())[0] is not None
+    assert gc.jacobian_route(_mlp()).method == "chain"
 
 
 # ----------------------------------------------------- model-level objectives

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "gracheck.likelihoods": 1,
     "gracheck.posteriors": 1,
     "gracheck.autodiff": 1,
+    "gracheck._chain": 1,  # the engine's chain route, a private module of autodiff's layer
     "gracheck.data": 2,
     "gracheck.nets": 2,
     "gracheck.train": 2,
