@@ -101,6 +101,7 @@ from gracheck.data.synthetic import NONLINEARITIES, make_synthetic, nonlinearity
 from gracheck.experiments._common import (
     ExperimentResult,
     Metric,
+    cached_piece,
     config_dict,
     config_from_dict,
     experiment_claim,
@@ -601,7 +602,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
         for nl in config.nonlinearities:
             if progress is not None:
                 progress(f"fig1: training {_setting_key(nl, amortised)} ({2 * config.trials_per_setting} runs, batched)")
-            settings.append(run_setting(config, nl, amortised, seed=seed, device=device, progress=progress))
+            settings.append(_setting_piece(config, nl, amortised, seed=seed, device=device, progress=progress))
     data = {"settings": settings}
     stats = setting_statistics(data, config, seed)
     runs = sum(s["runs"] for s in settings)
@@ -642,6 +643,111 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
         data=data,
         notes=notes,
     )
+
+
+def _setting_piece(config: Config, nl: str, amortised: bool, *, seed: int, device: str, progress=None) -> dict[str, Any]:
+    """:func:`run_setting` cached as a piece of the experiment (one per (ν, amortised?); see ``_common.cached_piece``),
+    so that a budget can run the settings in separate processes."""
+    return cached_piece(CLAIM_ID, config, seed, device, _setting_key(nl, amortised),
+                        lambda: run_setting(config, nl, amortised, seed=seed, device=device, progress=progress))
+
+
+# ----------------------------------------------------------------------------------------------
+# plan: one job per (ν, amortised?) setting, then the statistics (gracheck.experiments._plan)
+# ----------------------------------------------------------------------------------------------
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config``: one job per (ν, amortised?) setting (all its runs batched), then the statistics.
+
+    A setting's cost is measured by a short warm-up of :func:`train_batched` at two batch sizes (trials)
+    and extrapolated over the schedule, the trials leaving the batch as their 5n steps end:
+    time = a·max_t(5nₜ) + b·Σₜ 5nₜ with the per-step overhead a and the per-trial cost b from the warm-up.
+    """
+    from gracheck.experiments._common import piece_done
+    from gracheck.experiments._plan import Estimate, Job, final_job
+
+    _validate(config)
+    T = 2 * config.trials_per_setting
+    ends = [config.lr_stages * n for _, n, _ in trial_plan(config)]
+    jobs = []
+    for amortised in config.amortised:
+        for nl in config.nonlinearities:
+            key = _setting_key(nl, amortised)
+            jobs.append(Job(
+                claim_id=CLAIM_ID, name=f"trials {key}", kind="trials", runs=T, steps=max(ends),
+                what=(f"{T} runs batched ({config.trials_per_setting} trials × diagonal/full Σ), ν = {nl}, "
+                      f"{'amortised' if amortised else 'unamortised'}, {config.n_points} points, n ∈ "
+                      f"{{{', '.join(str(n) for n in config.schedule_n)}}}, {config.dtype}"),
+                measure=lambda dev, nl=nl, am=amortised: _measure_setting(config, nl, am, seed=seed, device=dev),
+                execute=lambda dev, prog, nl=nl, am=amortised: _setting_piece(config, nl, am, seed=seed, device=dev,
+                                                                             progress=prog),
+                done=lambda key=key: piece_done(CLAIM_ID, config, seed, device, key),
+                blocked=None,
+            ))
+    assumed = Estimate(30.0, None, "assumed, not measured: bootstrap statistics and one figure from the cached settings")
+    jobs.append(final_job(CLAIM_ID, what=f"statistics ({config.bootstrap} bootstrap resamples per setting) and the figure",
+                          measure=lambda dev: assumed, blocked=None))
+    return jobs
+
+
+def _warmup_batch(cfg: Config, nl: str, amortised: bool, trials: int, *, seed: int, device: str):
+    """``trials`` runs of a setting (half diagonal, half full Σ) as :func:`train_batched` arguments, built as
+    :func:`run_setting` builds them; their schedules never end (the warm-up sets ``max_steps``)."""
+    dtype = getattr(torch, cfg.dtype)
+    data = [make_synthetic(nl, cfg.n_points, noise_std=cfg.noise_std, seed=seed * 1_000_003 + j, w_columns=cfg.w_columns)
+            for j in range(trials)]
+    seeds = [seed * 1_000_003 + 500_000 + j for j in range(trials)]
+    params = init_params(seeds, amortised=amortised, n_points=cfg.n_points, init_std=cfg.init_std,
+                         mu_init_std=cfg.mu_init_std)
+    o1, o2 = random_rotations(seeds)
+    x = torch.stack([d.x for d in data])
+    fixed = {"x": x, "O1": o1, "O2": o2, "diagonal": torch.tensor([j % 2 == 0 for j in range(trials)]),
+             "xm": x.mean(1), "xx": torch.einsum("tni,tnj->tij", x, x) / x.shape[1]}
+    fixed = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in fixed.items()}
+    params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+    n = torch.full((trials,), 10.0**9, dtype=torch.float64)
+    gh = None if nl == "identity" else gauss_hermite(cfg.gh_train, dtype, device)
+    return params, fixed, n, gh
+
+
+def _measure_setting(cfg: Config, nl: str, amortised: bool, *, seed: int, device: str):
+    """Estimate of one setting's batched training on ``device`` from a short warm-up (see :func:`plan`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gracheck.experiments._plan import Estimate
+
+    T = 2 * cfg.trials_per_setting
+    sizes = sorted({max(1, T // 8), T}) if device.startswith("cuda") else sorted({min(T, 4), min(T, 32)})
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    per_step, flops_per_trial_step = {}, 0
+    for t in sizes:
+        p, fx, n, gh = _warmup_batch(cfg, nl, amortised, t, seed=seed, device=device)
+        kw = dict(nonlinearity=nl, amortised=amortised, cfg=cfg, gh=gh)
+        with FlopCounterMode(display=False) as fc:
+            train_batched(p, fx, n, max_steps=1, **kw)  # warm-up, FLOPs counted
+        flops_per_trial_step = int(fc.get_total_flops()) // t
+        times = []
+        for k in (1, 3):
+            sync()
+            t0 = time.perf_counter()
+            train_batched(p, fx, n, max_steps=k, **kw)
+            sync()
+            times.append(time.perf_counter() - t0)
+        per_step[t] = max((times[1] - times[0]) / 2, 1e-9)
+    lo, hi = sizes[0], sizes[-1]
+    b = max(0.0, (per_step[hi] - per_step[lo]) / (hi - lo)) if hi > lo else per_step[hi] / hi
+    a = max(0.0, per_step[lo] - b * lo)
+    ends = [cfg.lr_stages * n for _, n, _ in trial_plan(cfg)]
+    trial_steps = sum(ends)
+    seconds = a * max(ends) + b * trial_steps
+    return Estimate(
+        seconds, flops_per_trial_step * trial_steps,
+        f"train_batched on {device} with {lo} and {hi} trials (1 warm-up + 3 steps each; a step = a + b·trials, "
+        f"a = {a * 1e3:.3g} ms, b = {b * 1e3:.3g} ms per trial), summed over the schedule ({trial_steps} trial-steps, "
+        f"{max(ends)} steps)",
+        {"step_seconds": {str(k): v for k, v in per_step.items()}, "a": a, "b": b, "trial_steps": trial_steps,
+         "steps": max(ends), "runs": T},
+        not_counted="elementwise ops (the Gauss–Hermite quadrature, ν and its derivative, the GD update: almost all of "
+                    "this job's work), the float64 evaluation")
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:

@@ -1,0 +1,530 @@
+"""Plans and budgets for the experiments: what a scale costs, measured, and running only what fits.
+
+An experiment module describes its work at a config as a list of :class:`Job`\\ s, through one small
+function ``plan(config, *, seed=0, device="cpu") -> list[Job]``:
+
+* **training jobs** (:func:`training_jobs`): the models the experiment trains, grouped by what
+  :func:`gracheck.ensemble.check_configs` lets share one computation (every TrainConfig field equal
+  except ``beta``, ``posterior``, ``block``, ``seed``) and cut into ensembles of at most
+  :data:`MAX_ENSEMBLE` models; each job trains one ensemble into the model cache
+  (:func:`gracheck.experiments._zoo.model_dir` per model, so ``_zoo.trained`` then finds every model);
+* **own jobs** (e.g. Fig. 1's batched trials, one job per (ν, amortised?) setting): a ``measure``
+  callable (its own short warm-up on the device) and an ``execute`` callable that does the work into
+  the cache (:func:`gracheck.experiments._common.cached_piece`), with ``done`` telling whether it is there;
+* **one final job** (:func:`final_job`): the experiment's own ``run`` once everything above is
+  cached (evaluation, statistics, figures), with a ``measure`` that times the module's evaluation on
+  a few inputs (an untrained model of the same architecture: the cost does not depend on the weights).
+
+Estimates (:func:`estimate`) come from short measured warm-ups on the device the plan runs on,
+never from training to completion:
+
+* training: one ensemble step is timed after a warm-up step. On CUDA: the real ensemble (every model
+  of the job) at the real batch size, 1 warm-up + :data:`CUDA_TIMED_STEPS` timed steps. On CPU the
+  ensemble runs convolutions model by model (``conv="per-model"``), so one model is measured and the
+  time is multiplied by the number of models; and because one step of the paper's conv nets takes
+  seconds to minutes on a CPU (App. D CelebA: 4.4 TFLOP per step at B = 64), the step is first timed
+  at batch 2 and then at the largest batch (a power of two, or the real one) whose counted FLOPs stay
+  under :data:`CPU_PROBE_FLOPS`; the time at the real batch size comes from the line through those
+  two points (from batch 2 alone, proportionally, when no larger batch was affordable: an upper
+  bound, since small batches run less efficiently). FLOPs are counted (``torch.utils.flop_counter``) on the warm-up step and scaled to the
+  real batch and model count; both scalings are exact for these nets (every counted op is linear in
+  the batch and in the models; ``tests/test_plan.py`` checks it);
+* evaluation and own jobs: the module's callable, timed on the device.
+
+What the counted FLOPs leave out: elementwise work (activations, BatchNorm, the objectives' logs
+and Cholesky factors, Adam's update), data movement and checkpoint I/O; the estimated times include
+what one step really does but leave out process start, data loading, checkpoint writes and, for
+evaluation, bootstrap statistics and figures unless a job says otherwise.
+
+Budget (:func:`run_planned`, used by ``CLAIM.check`` under :func:`gracheck.base.deadline.deadline`):
+the jobs of an experiment run in order; a job already in the cache is skipped; a job starts only
+when ``SAFETY × estimate + MARGIN`` fits in the time left (an ensemble already part-trained is
+estimated by its remaining steps), else the claim is reported "not run here (budget)" with the
+numbers; a training job stopped by the deadline has checkpointed (the trainers honour the deadline)
+and a rerun with the same cache continues it; the final job runs the experiment through
+:func:`gracheck.experiments._common.run_experiment` (cached as usual). Every budget skip raises
+:class:`gracheck.base.evidence.CheckSkipped` whose message starts with :data:`BUDGET_REASON`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gracheck.base import deadline as _deadline
+from gracheck.base.evidence import CheckSkipped
+from gracheck.base.files import cache_dir, entry_lock
+
+__all__ = [
+    "BUDGET_REASON", "CPU_PROBE_FLOPS", "CUDA_TIMED_STEPS", "Estimate", "Job", "MARGIN", "MAX_ENSEMBLE",
+    "NOT_COUNTED", "PRIORITY", "SAFETY", "estimate", "final_job", "group_configs", "mnist_blocked",
+    "measure_probe", "plan_experiment", "run_planned", "sum_estimates", "training_jobs",
+]
+
+BUDGET_REASON = "not run here (budget)"
+# The claims' priority under a budget. fig1 first: the headline claim (Sec. 3), and its trials are
+# tiny computations batched by the thousand. fig3 next: 21 MNIST models that eq6 reuses unchanged, so
+# eq6 follows at the marginal cost of its evaluation and one MLP. grae-approx (12 models) comes before
+# fig2 (45 models in three architectures) because it decides a claim for a quarter of the training.
+# fig4 last: 100 CelebA models of 50k steps, and the full aligned CelebA it needs is not shipped here.
+PRIORITY = ("fig1-rotation-uniqueness", "fig3-objectives-agree", "eq6-residual-trained",
+            "grae-approx-trains-like-beta-vae", "fig2-precision-matches-jtj", "fig4-fid-agree")
+MAX_ENSEMBLE = 8  # models per ensemble job: a budget's granule (each job finishes or checkpoints) and memory
+# (8 App. D CelebA models: 0.76 G parameters, ~12 GB of weights, gradients and Adam moments in float32)
+SAFETY = 1.25  # a job starts only if SAFETY × its estimate + MARGIN fits in the time left
+MARGIN = 5.0  # seconds: model export, checkpoint writes, loading
+CPU_PROBE_FLOPS = 40e9  # counted FLOPs of the largest training step timed on a CPU (a few seconds on 2 cores)
+CUDA_TIMED_STEPS = 3
+CPU_LONG_STEP = 1.0  # seconds: a CPU warm-up step at least this long is used as the timing (no second step)
+CPU_PROBE_BATCH = 2  # the smallest batch a training-mode BatchNorm accepts
+NOT_COUNTED = ("elementwise ops (activations, BatchNorm, logs, Cholesky factors, Adam's update), data movement and "
+               "checkpoint I/O")
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A job's measured cost on one device: ``seconds`` (None: not estimated), counted ``flops`` (None: not counted),
+    ``method`` (how, in words), ``measured`` (the warm-up's raw numbers) and what the FLOP count leaves out."""
+
+    seconds: float | None
+    flops: int | None
+    method: str
+    measured: dict[str, Any] = dataclasses.field(default_factory=dict)
+    not_counted: str = NOT_COUNTED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One piece of an experiment's work at one config: trained/evaluated as one unit; the budget's granule.
+
+    ``name`` (unique within the claim), ``what`` (one line: which models or trials, which grid),
+    ``runs`` (models or trials it trains), ``steps`` (optimiser steps per model or trial; the longest
+    schedule for trials), ``configs`` (the TrainConfigs trained as one ensemble; empty for own jobs and
+    the final one). ``measure(device) -> Estimate``: its own warm-up (None for training jobs: the
+    ensemble warm-up of ``configs``). ``execute(device, progress)``: does the work into the cache (None
+    for training jobs: train the ensemble). ``done()``: whether the cache already holds it.
+    ``remaining()``: the fraction of its work still to do (1.0 when not started). ``blocked()``: why it
+    cannot run here (e.g. missing data), or None. ``shared``: jobs with the same key are one computation
+    (another claim trains the same models): counted once in totals. ``final``: the experiment's own run.
+    """
+
+    claim_id: str
+    name: str
+    what: str
+    runs: int = 0
+    steps: int = 0
+    configs: tuple = ()
+    measure: Callable[[str], Estimate] | None = None
+    execute: Callable[[str, Callable[[str], None] | None], None] | None = None
+    done: Callable[[], bool] | None = None
+    remaining: Callable[[], float] | None = None
+    blocked: Callable[[], str | None] | None = None
+    shared: str = ""
+    final: bool = False
+    kind: str = "train"  # "train" (an ensemble), "trials" (own batched trials), "evaluate" (the final job)
+
+    def is_done(self) -> bool:
+        return bool(self.done()) if self.done is not None else False
+
+    def left(self) -> float:
+        """Fraction of the work still to do (0 when done)."""
+        if self.is_done():
+            return 0.0
+        return float(self.remaining()) if self.remaining is not None else 1.0
+
+    def why_blocked(self) -> str | None:
+        return self.blocked() if self.blocked is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouping model configs into ensembles
+# ----------------------------------------------------------------------------------------------
+def _shared_fields(cfg) -> str:
+    from gracheck.ensemble import VARYING
+
+    d = {k: v for k, v in cfg.to_dict().items() if k not in VARYING}
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def group_configs(configs: Sequence, *, max_models: int = MAX_ENSEMBLE) -> list[tuple]:
+    """The distinct ``configs`` (TrainConfigs) grouped into ensembles: one group per set of configs that
+    :func:`gracheck.ensemble.check_configs` accepts together (first appearance order), each cut into
+    consecutive chunks of at most ``max_models``."""
+    from gracheck.ensemble import check_configs
+
+    seen, groups = set(), {}
+    for c in configs:
+        key = json.dumps(c.to_dict(), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        groups.setdefault(_shared_fields(c), []).append(c)
+    out = []
+    for cs in groups.values():
+        for i in range(0, len(cs), max_models):
+            out.append(check_configs(cs[i : i + max_models]))
+    return out
+
+
+def _grid(cfgs: Sequence) -> str:
+    """The varying fields of an ensemble, in words (e.g. "β ∈ {0.05, 0.1}, mean-field/block b=2")."""
+    betas = sorted({c.beta for c in cfgs})
+    posts = sorted({c.posterior if c.posterior != "block-diagonal" else f"block b={c.block}" for c in cfgs})
+    seeds = sorted({c.seed for c in cfgs})
+    parts = [f"β ∈ {{{', '.join(f'{b:g}' for b in betas)}}}"]
+    if cfgs[0].model == "beta-vae":
+        parts.append("/".join(posts))
+    if len(seeds) > 1:
+        parts.append(f"seeds {seeds[0]}–{seeds[-1]}")
+    return ", ".join(parts)
+
+
+def _arch(c) -> str:
+    net = f"conv width {c.width:g}" if c.arch == "conv" else f"MLP {list(c.hidden)} {c.activation}"
+    return f"{c.dataset} {net} d={c.latent_dim} {c.model}"
+
+
+def _chunk_key(cfgs: Sequence) -> str:
+    from gracheck.experiments import _zoo
+
+    blob = json.dumps(sorted(str(_zoo.model_dir(c).name) for c in cfgs))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _ensemble_dir(cfgs: Sequence) -> Path:
+    c = cfgs[0]
+    return cache_dir() / "ensembles" / f"{c.dataset}-{c.model}-{len(cfgs)}-{_chunk_key(cfgs)}"
+
+
+def _model_done(c) -> bool:
+    from gracheck.experiments import _zoo
+
+    return (_zoo.model_dir(c) / "result.json").is_file()
+
+
+def _ensemble_left(cfgs: Sequence) -> float:
+    """Fraction of the ensemble's steps still to train (from its newest checkpoint name; 1.0 when none)."""
+    todo = [c for c in cfgs if not _model_done(c)]
+    if not todo:
+        return 0.0
+    latest = _ensemble_dir(todo) / "latest"
+    try:
+        step = int(latest.read_text().strip()[len("ckpt-"):-len(".pt")])
+    except (OSError, ValueError):
+        return len(todo) / len(cfgs)
+    return max(0.0, 1.0 - step / todo[0].steps) * len(todo) / len(cfgs)
+
+
+def mnist_blocked() -> str | None:
+    """Why MNIST cannot be read here (the loader's message: every place searched), or None."""
+    from gracheck.data.mnist import find_mnist
+
+    try:
+        find_mnist("train")
+        find_mnist("test")
+    except FileNotFoundError as e:
+        return f"MNIST not found: {e}"
+    return None
+
+
+def training_jobs(claim_id: str, configs: Sequence, *, blocked: Callable[[], str | None] | None = mnist_blocked,
+                  max_models: int = MAX_ENSEMBLE) -> list[Job]:
+    """One training job per ensemble of :func:`group_configs` (see the module docstring)."""
+    jobs = []
+    groups = group_configs(configs, max_models=max_models)
+    counts: dict[str, int] = {}
+    for cfgs in groups:
+        arch = _arch(cfgs[0])
+        counts[arch] = counts.get(arch, 0) + 1
+    seen: dict[str, int] = {}
+    for cfgs in groups:
+        arch = _arch(cfgs[0])
+        seen[arch] = seen.get(arch, 0) + 1
+        part = f" (part {seen[arch]}/{counts[arch]})" if counts[arch] > 1 else ""
+        jobs.append(Job(
+            claim_id=claim_id, name=f"train {arch}{part}",
+            what=f"ensemble of {len(cfgs)} {cfgs[0].model} models, {_grid(cfgs)}; {arch}, batch {cfgs[0].batch_size}",
+            runs=len(cfgs), steps=cfgs[0].steps, configs=tuple(cfgs),
+            execute=lambda device, progress, cfgs=cfgs: _train_chunk(cfgs, progress),
+            done=lambda cfgs=cfgs: all(_model_done(c) for c in cfgs),
+            remaining=lambda cfgs=cfgs: _ensemble_left(cfgs),
+            blocked=blocked, shared=_chunk_key(cfgs), kind="train",
+        ))
+    return jobs
+
+
+def _train_chunk(cfgs: Sequence, progress: Callable[[str], None] | None) -> None:
+    """Train the not-yet-cached models of ``cfgs`` as one ensemble into their model-cache folders.
+
+    The ensemble's own folder (checkpoints) is ``cache_dir()/ensembles/…``, keyed by the models still to
+    train; a deadline stops it after a checkpoint (DeadlineReached), and the next call resumes it. When
+    it completes, each model's folder is a finished trainer run (result.json, a slimmed checkpoint: the
+    model cache keeps weights only), which :func:`gracheck.experiments._zoo.trained` loads.
+    """
+    from gracheck.ensemble import train_ensemble
+    from gracheck.experiments import _zoo
+    from gracheck.train import slim_checkpoint
+
+    todo = [c for c in cfgs if not _model_done(c)]
+    if not todo:
+        return
+    ens = _ensemble_dir(todo)
+    dirs = [_zoo.model_dir(c) for c in todo]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(entry_lock(ens, on_wait=progress))
+        for d in sorted(dirs):  # the model cache's own locks (``_zoo.trained`` takes one at a time), in one order
+            stack.enter_context(entry_lock(d, on_wait=progress))
+        todo2 = [c for c in todo if not _model_done(c)]
+        if len(todo2) != len(todo):  # another process finished some meanwhile: train the rest
+            return _train_chunk(cfgs, progress)
+        if progress is not None:
+            progress(f"training an ensemble of {len(todo)} {todo[0].model} models ({_grid(todo)}), "
+                     f"{todo[0].steps} steps, into {ens}")
+        train_ensemble(todo, ens, model_dirs=dirs, resume=True, progress=False)
+        for d in dirs:
+            slim_checkpoint(d)
+        for p in ens.glob("ckpt-*.pt"):  # the ensemble's own checkpoints (all models' Adam state) are no longer needed
+            p.unlink(missing_ok=True)
+
+
+def final_job(claim_id: str, *, what: str, measure: Callable[[str], Estimate] | None,
+              blocked: Callable[[], str | None] | None = mnist_blocked) -> Job:
+    """The experiment's own run once its other jobs are cached: evaluation, statistics, figures."""
+    return Job(claim_id=claim_id, name="evaluate", what=what, measure=measure, blocked=blocked, final=True,
+               kind="evaluate")
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring
+# ----------------------------------------------------------------------------------------------
+_MEMO: dict[tuple, Estimate] = {}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _synthetic_images(cfg, n: int, device: str):
+    import torch
+
+    from gracheck import nets
+
+    g = torch.Generator().manual_seed(12345)
+    shape = nets.IMAGE_SHAPES[cfg.dataset]
+    return torch.rand(n, *shape, generator=g), torch.rand(min(n, 8), *shape, generator=g)
+
+
+def _time_run(cfgs: Sequence, device: str, timed: int) -> tuple[list[float], int]:
+    """(step times, FLOPs of the warm-up step) of an ensemble of ``cfgs`` on synthetic images."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gracheck.ensemble import EnsembleRun
+    from gracheck.train import runtime
+
+    B = cfgs[0].batch_size
+    run = EnsembleRun(cfgs, device=device, data=_synthetic_images(cfgs[0], max(2 * B, 4), device))
+    times = []
+    with runtime(cfgs[0], run.device):
+        t0 = time.perf_counter()
+        with FlopCounterMode(display=False) as fc:  # the warm-up step (CUDA/cuDNN set-up, first allocations)
+            run.step()
+        t_warm = time.perf_counter() - t0
+        if not str(device).startswith("cuda") and t_warm >= CPU_LONG_STEP:
+            # a CPU step this long is its own measurement: first-call set-up and the counter's per-op
+            # overhead are milliseconds, and a second step would double the plan's time
+            timed, times = 0, [t_warm]
+        for _ in range(timed):
+            _sync(device)
+            t0 = time.perf_counter()
+            run.step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    del run
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    return times, int(fc.get_total_flops())
+
+
+def measure_training(configs: Sequence, device: str) -> Estimate:
+    """Seconds and counted FLOPs of ONE ensemble step of ``configs`` on ``device`` (see the module docstring)."""
+    from gracheck.ensemble import check_configs
+
+    cfgs = check_configs(configs)
+    M, B = len(cfgs), cfgs[0].batch_size
+    dev = str(device)
+    heads = tuple(sorted({(c.posterior, c.block or 0) for c in cfgs}))
+    if dev.startswith("cuda"):  # the real ensemble; β and seeds do not change the cost
+        key = ("train", dev, _shared_fields(cfgs[0]), M, heads)
+        if key not in _MEMO:
+            times, flops = _time_run(cfgs, dev, CUDA_TIMED_STEPS)
+            t = statistics.median(times)
+            _MEMO[key] = Estimate(
+                t, flops, f"{M} models as one ensemble at batch {B} on {dev}: 1 warm-up + {len(times)} timed steps "
+                          "(median)",
+                {"seconds_per_step": t, "step_times": times, "batch": B, "models": M, "models_measured": M,
+                 "flops_per_model_step": flops // M})
+        return _MEMO[key]
+    key = ("train", dev, _shared_fields(cfgs[0]))  # the posterior head is < 0.5% of a step (ensemble docstring)
+    if key not in _MEMO:  # one model; the ensemble's CPU cost is linear in the models (per-model layout)
+        b0 = CPU_PROBE_BATCH
+        (t0,), f0 = _time_run([dataclasses.replace(cfgs[0], batch_size=b0)], dev, 1)
+        flops1 = f0 * B // b0  # exact: every counted op is linear in the batch
+        per_image = f0 / b0
+        # the second probe batch: the largest power of two (or B) whose step stays within CPU_PROBE_FLOPS
+        b1 = max([b for b in {*(2 ** k for k in range(2, 16) if 2 ** k < B), B}
+                  if b > b0 and b * per_image <= CPU_PROBE_FLOPS], default=b0)
+        measured = {"batch": B, "probe_batch": b0, "probe_seconds": t0}
+        if b1 == b0:
+            t = t0 * B / b0
+            how = (f"one model at batch {b0} on {dev} (1 warm-up + 1 timed step; a step at batch {B} is "
+                   f"{flops1 / 1e9:.0f} GFLOP, too long to time here), scaled ×{B // b0} to batch {B} (an upper "
+                   "bound: small batches run less efficiently)")
+        else:
+            (t1,), _ = _time_run([dataclasses.replace(cfgs[0], batch_size=b1)], dev, 1)
+            measured.update(second_batch=b1, second_seconds=t1)
+            slope = (t1 - t0) / (b1 - b0)
+            if b1 == B:
+                t, how = t1, f"one model at batch {B} on {dev} (1 warm-up + 1 timed step)"
+            else:
+                t = t1 + slope * (B - b1) if slope > 0 else t1 * B / b1
+                how = (f"one model at batches {b0} and {b1} on {dev} (1 warm-up + 1 timed step each), the line "
+                       f"through them at batch {B}")
+        measured.update(seconds_per_model_step=t, flops_per_model_step=flops1)
+        _MEMO[key] = Estimate(t, flops1, how, measured)
+    e = _MEMO[key]
+    return Estimate(e.seconds * M, e.flops * M, f"{e.method}, ×{M} models (the CPU ensemble's per-model layout)",
+                    {**e.measured, "models": M, "models_measured": 1, "seconds_per_step": e.seconds * M})
+
+
+def measure_probe(probe: Callable[[str, int], None], *, units: int, batch: int, device: str, key: tuple,
+                  what: str, not_counted: str = NOT_COUNTED) -> Estimate:
+    """Time ``probe(device, k)`` (which does k units of an evaluation) and scale to ``units``.
+
+    CUDA: k = ``batch``, one warm-up call (FLOPs counted) and one timed call. CPU: k = 1, one call,
+    timed with the FLOP counter on (its overhead is small next to these large ops; a second call
+    would double the plan's time).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev = str(device)
+    mkey = ("probe", dev, *key)
+    if mkey not in _MEMO:
+        if dev.startswith("cuda"):
+            k = max(1, min(batch, units))
+            with FlopCounterMode(display=False) as fc:
+                probe(dev, k)
+            _sync(dev)
+            t0 = time.perf_counter()
+            probe(dev, k)
+            _sync(dev)
+            t = time.perf_counter() - t0
+            how = f"{what}: {k} units on {dev} (1 warm-up + 1 timed call), scaled to {units}"
+        else:
+            k = 1
+            t0 = time.perf_counter()
+            with FlopCounterMode(display=False) as fc:
+                probe(dev, k)
+            t = time.perf_counter() - t0
+            how = f"{what}: 1 unit on {dev} (1 call, FLOPs counted on it), scaled to {units}"
+        _MEMO[mkey] = Estimate(t / k, int(fc.get_total_flops()) // k, how, {"units_measured": k, "seconds": t},
+                               not_counted)
+    e = _MEMO[mkey]
+    return dataclasses.replace(e, seconds=e.seconds * units, flops=e.flops * units,
+                               measured={**e.measured, "units": units, "seconds_per_unit": e.seconds})
+
+
+def sum_estimates(parts: Sequence[Estimate], method: str = "") -> Estimate:
+    """The cost of doing every part: seconds and FLOPs added (None when any part has None)."""
+    secs = [e.seconds for e in parts]
+    flops = [e.flops for e in parts]
+    return Estimate(None if any(v is None for v in secs) else sum(secs),
+                    None if any(v is None for v in flops) else sum(flops),
+                    method or "; ".join(e.method for e in parts), {"parts": [e.to_dict() for e in parts]},
+                    parts[0].not_counted if parts else NOT_COUNTED)
+
+
+def estimate(job: Job, device: str) -> Estimate:
+    """The job's cost on ``device``: its own ``measure``, else the ensemble warm-up × its steps."""
+    if job.measure is not None:
+        return job.measure(device)
+    if not job.configs:
+        return Estimate(None, None, "not estimated (no measurement for this job)")
+    step = measure_training(job.configs, device)
+    return dataclasses.replace(step, seconds=step.seconds * job.steps, flops=step.flops * job.steps,
+                               method=f"{job.steps} steps × one ensemble step measured as {step.method}")
+
+
+def plan_experiment(module, config, *, seed: int = 0, device: str = "cpu") -> list[Job]:
+    """The jobs of ``module`` (an experiment module) at ``config``; ValueError if the module has no ``plan``."""
+    fn = getattr(module, "plan", None)
+    if fn is None:
+        raise ValueError(f"module: {module.__name__} provides no plan(config) function")
+    jobs = list(fn(config, seed=seed, device=device))
+    if not jobs or not jobs[-1].final or any(j.final for j in jobs[:-1]):
+        raise ValueError(f"{module.__name__}.plan: expected jobs ending in exactly one final job")
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------
+# Running under a budget
+# ----------------------------------------------------------------------------------------------
+def _fmt_s(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def run_planned(module, config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None):
+    """Run the experiment of ``module`` at ``config`` job by job within the active deadline (module docstring).
+
+    Returns the ExperimentResult when every job fitted; raises CheckSkipped (budget, or a job that cannot
+    run here) otherwise; a trainer stopped by the deadline raises DeadlineReached (checkpointed).
+    """
+    from gracheck.experiments._common import run_experiment
+
+    say = progress or (lambda s: None)
+    jobs = plan_experiment(module, config, seed=seed, device=device)
+    n = len(jobs)
+    for i, job in enumerate(jobs, 1):
+        why = job.why_blocked()
+        if why is not None:
+            raise CheckSkipped(f"not run here: job {job.name!r} cannot run: {why}")
+        if job.is_done():
+            say(f"job {i}/{n} {job.name}: done (cached)")
+            continue
+        est = estimate(job, device)
+        left = _deadline.remaining()
+        frac = job.left()
+        need = None if est.seconds is None else SAFETY * est.seconds * frac + MARGIN
+        if left is not None and (need is None or need > left):
+            done_n = sum(j.is_done() for j in jobs)
+            raise CheckSkipped(
+                f"{BUDGET_REASON}: job {i}/{n} {job.name!r} needs ~{_fmt_s(need)} (plan estimate "
+                f"{_fmt_s(None if est.seconds is None else est.seconds * frac)} × {SAFETY:g} + {MARGIN:g} s; "
+                f"{frac:.0%} of it left) and {_fmt_s(max(left, 0.0))} are left; {done_n} of {n} jobs done and cached; "
+                "a rerun with the same cache continues")
+        say(f"job {i}/{n} {job.name}: estimated {_fmt_s(None if est.seconds is None else est.seconds * frac)}, "
+            f"{_fmt_s(left)} left")
+        if job.final:
+            return run_experiment(module, config=config, seed=seed, device=device, out_dir=out_dir, progress=progress)
+        job.execute(device, progress)
+    raise AssertionError("unreachable: plan_experiment guarantees a final job")
