@@ -8,10 +8,12 @@ from gracheck.experiments._common import (
     experiment_claim,
     experiment_module,
     now_utc,
+    result_cached,
     run_experiment,
 )
 from gracheck.experiments._plan import (
     BUDGET_REASON,
+    NOT_COUNTED,
     PRIORITY,
     Estimate,
     Job,
@@ -19,5 +21,6 @@ from gracheck.experiments._plan import (
     plan_experiment,
 )
 
-__all__ = ["BUDGET_REASON", "PRIORITY", "SCALES", "Estimate", "ExperimentResult", "Job", "Metric", "estimate",
-           "experiment_claim", "experiment_module", "now_utc", "plan_experiment", "run_experiment"]
+__all__ = ["BUDGET_REASON", "NOT_COUNTED", "PRIORITY", "SCALES", "Estimate", "ExperimentResult", "Job", "Metric",
+           "estimate", "experiment_claim", "experiment_module", "now_utc", "plan_experiment", "result_cached",
+           "run_experiment"]

@@ -184,7 +184,6 @@ def run_experiment(
     if not isinstance(getattr(mod, "CLAIM", None), Claim) or not hasattr(mod, "CONFIGS"):
         raise ValueError(f"module: {getattr(mod, '__name__', mod)!r} is not an experiment module (no CLAIM and "
                          "CONFIGS); to run a claim by id use gracheck.claims.get(id).check()")
-    claim_id = mod.CLAIM.id
     if config is None:
         config = mod.CONFIGS[scale]
     else:
@@ -192,12 +191,7 @@ def run_experiment(
         if type(config) is not type(ref):
             raise TypeError(f"config: expected a {type(ref).__qualname__} of {mod.__name__}, got {type(config).__name__}")
         scale = scale_of(mod.CONFIGS, config)
-    cfg = config_dict(config)
-    # inputs outside the config that change the result (e.g. a user's Inception weights file) are
-    # named by the module's optional ``cache_key_inputs()`` and join the key
-    extra = mod.cache_key_inputs() if hasattr(mod, "cache_key_inputs") else None
-    key_cfg = cfg if extra is None else {"config": cfg, "inputs": extra}
-    entry = cache_dir() / "experiments" / f"{claim_id}-{scale}-{_key(claim_id, key_cfg, seed, device)}"
+    entry = _entry_dir(mod, config, scale, seed, device)
     out = Path(out_dir) if out_dir is not None else entry / "figures"
     if not use_cache:
         token = _USE_PIECES.set(False)
@@ -221,6 +215,26 @@ def run_experiment(
                 atomic_copy(src, dst)
         atomic_write_text(entry / "result.json", json.dumps(res.to_dict(), indent=1))
     return res
+
+
+def _entry_dir(mod, config, scale: str, seed: int, device: str) -> Path:
+    claim_id = mod.CLAIM.id
+    cfg = config_dict(config)
+    # inputs outside the config that change the result (e.g. a user's Inception weights file) are
+    # named by the module's optional ``cache_key_inputs()`` and join the key
+    extra = mod.cache_key_inputs() if hasattr(mod, "cache_key_inputs") else None
+    key_cfg = cfg if extra is None else {"config": cfg, "inputs": extra}
+    return cache_dir() / "experiments" / f"{claim_id}-{scale}-{_key(claim_id, key_cfg, seed, device)}"
+
+
+def result_cached(module: ModuleType, config: Any, *, seed: int, device: str) -> bool:
+    """Whether :func:`run_experiment` would load the result of ``module`` at ``config`` from the cache."""
+    entry = _entry_dir(module, config, scale_of(module.CONFIGS, config), seed, device)
+    try:
+        res = ExperimentResult.from_dict(json.loads((entry / "result.json").read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return all((entry / "figures" / Path(f).name).is_file() for f in res.figures)
 
 
 def _run(mod, config, *, seed: int, device: str, out: Path, progress) -> ExperimentResult:

@@ -53,6 +53,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -66,7 +67,7 @@ from gracheck.base.files import cache_dir, entry_lock
 __all__ = [
     "BUDGET_REASON", "CPU_PROBE_FLOPS", "CUDA_TIMED_STEPS", "Estimate", "Job", "MARGIN", "MAX_ENSEMBLE",
     "NOT_COUNTED", "PRIORITY", "SAFETY", "estimate", "final_job", "group_configs", "mnist_blocked",
-    "measure_probe", "plan_experiment", "run_planned", "sum_estimates", "training_jobs",
+    "jobs_log_path", "logged_jobs", "measure_probe", "plan_experiment", "run_key", "run_planned", "sum_estimates", "training_jobs",
 ]
 
 BUDGET_REASON = "not run here (budget)"
@@ -415,9 +416,10 @@ def measure_probe(probe: Callable[[str, int], None], *, units: int, batch: int, 
                   what: str, not_counted: str = NOT_COUNTED) -> Estimate:
     """Time ``probe(device, k)`` (which does k units of an evaluation) and scale to ``units``.
 
-    CUDA: k = ``batch``, one warm-up call (FLOPs counted) and one timed call. CPU: k = 1, one call,
-    timed with the FLOP counter on (its overhead is small next to these large ops; a second call
-    would double the plan's time).
+    CUDA: k = ``batch``, one warm-up call (FLOPs counted) and one timed call. CPU: one call of k = 1,
+    timed with the FLOP counter on (its overhead is small next to these large ops); when a unit is
+    cheap, a second call of up to one batch (at most :data:`CPU_PROBE_FLOPS` counted FLOPs) is timed
+    instead, so that per-call overheads weigh as in a real run.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -435,14 +437,21 @@ def measure_probe(probe: Callable[[str, int], None], *, units: int, batch: int, 
             t = time.perf_counter() - t0
             how = f"{what}: {k} units on {dev} (1 warm-up + 1 timed call), scaled to {units}"
         else:
-            k = 1
             t0 = time.perf_counter()
             with FlopCounterMode(display=False) as fc:
-                probe(dev, k)
-            t = time.perf_counter() - t0
-            how = f"{what}: 1 unit on {dev} (1 call, FLOPs counted on it), scaled to {units}"
-        _MEMO[mkey] = Estimate(t / k, int(fc.get_total_flops()) // k, how, {"units_measured": k, "seconds": t},
-                               not_counted)
+                probe(dev, 1)
+            t, k = time.perf_counter() - t0, 1
+            per_unit = max(int(fc.get_total_flops()), 1)
+            k2 = max(1, min(batch, units, int(CPU_PROBE_FLOPS // per_unit)))
+            if k2 > 1:  # cheap units: time a call of up to one real batch (per-call overheads then weigh as in a run)
+                t0 = time.perf_counter()
+                probe(dev, k2)
+                t, k = time.perf_counter() - t0, k2
+                how = (f"{what}: {k} units on {dev} (after 1 unit with the FLOPs counted), scaled to {units}")
+            else:
+                how = f"{what}: 1 unit on {dev} (1 call, FLOPs counted on it), scaled to {units}"
+        _MEMO[mkey] = Estimate(t / k, int(fc.get_total_flops()) // (k if dev.startswith("cuda") else 1), how,
+                               {"units_measured": k, "seconds": t}, not_counted)
     e = _MEMO[mkey]
     return dataclasses.replace(e, seconds=e.seconds * units, flops=e.flops * units,
                                measured={**e.measured, "units": units, "seconds_per_unit": e.seconds})
@@ -499,9 +508,12 @@ def run_planned(module, config, *, seed: int, device: str, out_dir, progress: Ca
     Returns the ExperimentResult when every job fitted; raises CheckSkipped (budget, or a job that cannot
     run here) otherwise; a trainer stopped by the deadline raises DeadlineReached (checkpointed).
     """
-    from gracheck.experiments._common import run_experiment
+    from gracheck.experiments._common import result_cached, run_experiment
 
     say = progress or (lambda s: None)
+    if result_cached(module, config, seed=seed, device=device):
+        say("result cached: loading it")
+        return run_experiment(module, config=config, seed=seed, device=device, out_dir=out_dir, progress=progress)
     jobs = plan_experiment(module, config, seed=seed, device=device)
     n = len(jobs)
     for i, job in enumerate(jobs, 1):
@@ -524,7 +536,67 @@ def run_planned(module, config, *, seed: int, device: str, out_dir, progress: Ca
                 "a rerun with the same cache continues")
         say(f"job {i}/{n} {job.name}: estimated {_fmt_s(None if est.seconds is None else est.seconds * frac)}, "
             f"{_fmt_s(left)} left")
+        t0 = time.perf_counter()
+        try:
+            if job.final:
+                res = run_experiment(module, config=config, seed=seed, device=device, out_dir=out_dir,
+                                     progress=progress)
+            else:
+                job.execute(device, progress)
+        except _deadline.DeadlineReached:
+            _log_job(module, config, seed, device, job, est, time.perf_counter() - t0, frac - job.left(), stopped=True)
+            raise
+        _log_job(module, config, seed, device, job, est, time.perf_counter() - t0, frac, stopped=False)
         if job.final:
-            return run_experiment(module, config=config, seed=seed, device=device, out_dir=out_dir, progress=progress)
-        job.execute(device, progress)
+            return res
     raise AssertionError("unreachable: plan_experiment guarantees a final job")
+
+
+def run_key(module, config, seed: int, device: str) -> str:
+    """The key of (claim, config, seed, device type) under which :func:`run_planned` logs its jobs."""
+    from gracheck.experiments._common import config_dict
+
+    blob = json.dumps([module.CLAIM.id, config_dict(config), seed, str(device).split(":")[0]], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def jobs_log_path() -> Path:
+    """The JSON-lines log of the jobs budgeted runs executed (in the cache: it accumulates across processes)."""
+    return cache_dir() / "budget" / "jobs.jsonl"
+
+
+def _log_job(module, config, seed, device, job: Job, est: Estimate, seconds: float, fraction: float, *,
+             stopped: bool) -> None:
+    """Append what one job did: wall time, the share of its work done and its counted FLOPs (estimate × share)."""
+    from gracheck.experiments._common import now_utc
+
+    fraction = max(0.0, min(1.0, float(fraction)))
+    row = {"run_key": run_key(module, config, seed, device), "claim_id": job.claim_id, "job": job.name,
+           "kind": job.kind, "device": str(device), "seconds": seconds, "fraction": fraction, "stopped": stopped,
+           "flops_counted": None if est.flops is None else int(est.flops * fraction), "estimate_seconds": est.seconds,
+           "created": now_utc()}
+    path = jobs_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(path):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def logged_jobs(module, config, seed: int, device: str) -> list[dict[str, Any]]:
+    """The rows of :func:`jobs_log_path` for this (claim, config, seed, device type), oldest first."""
+    key = run_key(module, config, seed, device)
+    try:
+        lines = jobs_log_path().read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a torn last line (killed mid-write) is skipped
+        if r.get("run_key") == key:
+            rows.append(r)
+    return rows

@@ -716,7 +716,7 @@ def _measure_setting(cfg: Config, nl: str, amortised: bool, *, seed: int, device
     from gracheck.experiments._plan import Estimate
 
     T = 2 * cfg.trials_per_setting
-    sizes = sorted({max(1, T // 8), T}) if device.startswith("cuda") else sorted({min(T, 4), min(T, 32)})
+    sizes = sorted({max(1, T // 8), T}) if device.startswith("cuda") else sorted({min(T, 8), min(T, 64)})
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     per_step, flops_per_trial_step = {}, 0
     for t in sizes:
@@ -725,14 +725,16 @@ def _measure_setting(cfg: Config, nl: str, amortised: bool, *, seed: int, device
         with FlopCounterMode(display=False) as fc:
             train_batched(p, fx, n, max_steps=1, **kw)  # warm-up, FLOPs counted
         flops_per_trial_step = int(fc.get_total_flops()) // t
-        times = []
-        for k in (1, 3):
+        def timed(k: int) -> float:
             sync()
             t0 = time.perf_counter()
             train_batched(p, fx, n, max_steps=k, **kw)
             sync()
-            times.append(time.perf_counter() - t0)
-        per_step[t] = max((times[1] - times[0]) / 2, 1e-9)
+            return time.perf_counter() - t0
+
+        t1 = timed(1)
+        k = min(200, max(3, int(0.4 / max(t1, 1e-4)) + 1))  # enough steps for ~0.4 s: one step is too noisy to time
+        per_step[t] = max((timed(k) - t1) / (k - 1), 1e-9)  # the call's own set-up cancels
     lo, hi = sizes[0], sizes[-1]
     b = max(0.0, (per_step[hi] - per_step[lo]) / (hi - lo)) if hi > lo else per_step[hi] / hi
     a = max(0.0, per_step[lo] - b * lo)
@@ -741,7 +743,8 @@ def _measure_setting(cfg: Config, nl: str, amortised: bool, *, seed: int, device
     seconds = a * max(ends) + b * trial_steps
     return Estimate(
         seconds, flops_per_trial_step * trial_steps,
-        f"train_batched on {device} with {lo} and {hi} trials (1 warm-up + 3 steps each; a step = a + b·trials, "
+        f"train_batched on {device} with {lo} and {hi} trials (1 warm-up step, then 1 and k steps timed, k for ~0.4 s; "
+        f"a step = a + b·trials, "
         f"a = {a * 1e3:.3g} ms, b = {b * 1e3:.3g} ms per trial), summed over the schedule ({trial_steps} trial-steps, "
         f"{max(ends)} steps)",
         {"step_seconds": {str(k): v for k, v in per_step.items()}, "a": a, "b": b, "trial_steps": trial_steps,
