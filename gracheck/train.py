@@ -119,7 +119,7 @@ from torch import Tensor
 
 from gracheck import nets, objectives, posteriors
 from gracheck.base import deadline as _deadline
-from gracheck.base.files import atomic_write_bytes
+from gracheck.base.files import atomic_write_bytes as _files_atomic_write_bytes
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 
 __all__ = [
@@ -527,7 +527,7 @@ def _derive_seed(*keys: object) -> int:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)  # the project's one atomic writer (gracheck.base.files)
+    _files_atomic_write_bytes(path, data)  # the project's one atomic writer (gracheck.base.files)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

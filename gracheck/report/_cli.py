@@ -32,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display, only the final summary")
     p.add_argument("--no-cache", action="store_true", help="rerun experiments instead of using the result cache")
     p.add_argument("--list", action="store_true", help="list the claim ids and exit")
+    p.add_argument("--plan", action="store_true",
+                   help="list, per empirical claim, the models, steps, counted FLOPs and the time estimated on this "
+                        "device from short measured warm-ups; trains nothing (with --json: the plan document)")
+    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON (plan.schema.json)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="run within SECONDS of wall time: empirical claims first, in priority order (fig1, fig3, "
+                        "eq6, grae-approx, fig2, fig4), only the jobs their plan says fit; the rest is skipped as "
+                        "'not run here (budget)'; a rerun with the same cache continues (exit code 4 when anything "
+                        "was left). With --plan: say which jobs such a run would start")
     return p
 
 
@@ -46,6 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         for c in registry():
             print(f"{c.id:40s} {c.kind:10s} {c.source}")
         return 0
+    if args.json and not args.plan:
+        print("python -m gracheck.report: error: --json goes with --plan", file=sys.stderr)
+        return EXIT_USAGE
+    if args.plan or args.budget is not None:
+        from gracheck.report._plan import plan_main, run_with_budget
+
+        try:
+            if args.plan:
+                from gracheck.report._run import check_device, default_device
+
+                dev = check_device(args.device if args.device is not None else default_device())
+                return plan_main(scale=args.scale, device=dev, only=args.only, seed=args.seed, as_json=args.json,
+                                 budget=args.budget)
+            quiet = args.quiet or not sys.stderr.isatty()
+            run = run_with_budget(args.budget, out_dir=args.out, scale=args.scale, device=args.device, only=args.only,
+                                  seed=args.seed, strict=args.strict, quiet=quiet, use_cache=not args.no_cache)
+        except UsageError as e:
+            print(f"python -m gracheck.report: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as e:
+            print(f"python -m gracheck.report: environment error (exit {EXIT_INTERNAL}): {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return EXIT_INTERNAL
+        res = run.report
+        print(res.summary_line())
+        print(f"report: {res.html_path} (also {res.markdown_path.name}, {res.results_path.name}); budget "
+              f"{run.budget:.0f} s, used {run.seconds:.0f} s; exit code {run.exit_code}")
+        return run.exit_code
     quiet = args.quiet or not sys.stderr.isatty()
     try:
         res = build_report(

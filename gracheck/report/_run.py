@@ -65,6 +65,8 @@ EXIT_CODES = {
     EXIT_CLAIM_FAILED: "a derivation or erratum failed (or, with --strict, an empirical claim that ran is not verified)",
     EXIT_USAGE: "bad usage",
     EXIT_INTERNAL: "internal error or bad environment (a check raised, or the report could not be written)",
+    4: "with --budget: some claims were not run (or not finished) for lack of time; a rerun with the same cache "
+       "continues (1 and 3 outrank it)",
 }
 
 
@@ -700,3 +702,6 @@ def build_report(
 def schema_path() -> Path:
     """The JSON Schema (draft 2020-12) that ``results.json`` follows."""
     return Path(__file__).with_name("results.schema.json")
+
+
+check_device = _check_device  # public: the --plan path of the CLI validates --device the same way
