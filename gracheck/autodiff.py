@@ -67,7 +67,7 @@ from gracheck.base.validate import check_tensor
 Decoder = Callable[[Tensor], Tensor]
 
 
-def _normalise(self: nn.modules.batchnorm._BatchNorm, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+def normalise(self: nn.modules.batchnorm._BatchNorm, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     shape = [1, -1] + [1] * (x.dim() - 2)
     y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
     if self.affine:
@@ -75,7 +75,7 @@ def _normalise(self: nn.modules.batchnorm._BatchNorm, x: Tensor, mean: Tensor, v
     return y
 
 
-def _batch_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor, rows_per_example: int) -> tuple[Tensor, Tensor]:
+def batch_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor, rows_per_example: int) -> tuple[Tensor, Tensor]:
     """Batch mean/variance of ``x`` (autograd kept) and the running-statistics update of one training forward."""
     dims = [0] + list(range(2, x.dim()))
     mean = x.mean(dims)
@@ -93,21 +93,21 @@ def _batch_stats(self: nn.modules.batchnorm._BatchNorm, x: Tensor, rows_per_exam
 
 def _bn_dual(self, x: Tensor) -> Tensor:
     # forward_ad route: statistics from the primal (no tangent, autograd history kept).
-    mean, var = _batch_stats(self, fwAD.unpack_dual(x).primal, self._gracheck_rows)
-    return _normalise(self, x, mean, var)
+    mean, var = batch_stats(self, fwAD.unpack_dual(x).primal, self._gracheck_rows)
+    return normalise(self, x, mean, var)
 
 
 def _bn_record(self, x: Tensor) -> Tensor:
     # ordinary training forward that also remembers its statistics for the replay pass
-    mean, var = _batch_stats(self, x, 1)
+    mean, var = batch_stats(self, x, 1)
     self._gracheck_stats = (mean, var)
-    return _normalise(self, x, mean, var)
+    return normalise(self, x, mean, var)
 
 
 def _bn_replay(self, x: Tensor) -> Tensor:
     # inside torch.func transforms: the recorded statistics are captured constants for the tangent
     mean, var = self._gracheck_stats
-    return _normalise(self, x, mean, var)
+    return normalise(self, x, mean, var)
 
 
 @contextlib.contextmanager
@@ -236,7 +236,7 @@ def _columns_vmap(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[Tensor
 # by hand: one ordinary forward computes g(z) and, per layer, what the tangent needs (the
 # elementwise derivative of an activation, the per-channel scale of a BatchNorm); then the
 # k tangents of each example go through the linear maps (Linear/conv weights without bias)
-# and those derivatives, on slices of about _CHAIN_ROWS (example, column) rows. The primal is
+# and those derivatives, on slices of about CHAIN_ROWS (example, column) rows. The primal is
 # computed once and never re-run inside a transform, no convolution is spent on a zero weight
 # tangent, and the backward of a training step is plain first-order autograd through these
 # ops (the activation derivatives carry the second-derivative terms). A BatchNorm's scale is
@@ -246,13 +246,13 @@ def _columns_vmap(decoder: Decoder, z: Tensor, tangents: Tensor) -> tuple[Tensor
 # step's rate per row: 1 + d = 13 times the plain step's convolution time is 11.8× its whole time,
 # and the elementwise work on k·B tangent rows makes up the rest. Slices of 96 rows were the
 # fastest of 48–384 for every convolution of that decoder.
-_CHAIN_ROWS = 96
+CHAIN_ROWS = 96
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 TangentOp = Callable[[Tensor, int, int, int], Tensor]  # (T [b·k, ...], first example, b, k) → T
 
 
-def _channel_shape(x: Tensor) -> list[int]:
+def channel_shape(x: Tensor) -> list[int]:
     return [1, -1] + [1] * (x.dim() - 2)
 
 
@@ -279,7 +279,7 @@ def _softplus(m: nn.Softplus, x: Tensor) -> tuple[Tensor, Tensor]:
 
 # Elementwise activations: (module, x) → (y, dy/dx elementwise); differentiable in x, so the
 # backward of a training step gets the second-derivative terms through them.
-_ACTIVATIONS: dict[type, Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]] = {
+ACTIVATION_RULES: dict[type, Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]] = {
     nn.ELU: _elu,
     nn.ReLU: lambda m, x: (F.relu(x), (x > 0).to(x.dtype)),
     nn.LeakyReLU: lambda m, x: (F.leaky_relu(x, m.negative_slope),
@@ -301,7 +301,7 @@ def _chain_unsupported(m: nn.Module) -> str | None:
     t = type(m)
     if t in _IDENTITIES:
         return "dropout in training mode" if t is not nn.Identity and m.training and m.p > 0 else None
-    if t in (nn.Linear, *_PLAIN_CONVS, *_BATCHNORMS, nn.Flatten, nn.Unflatten) or t in _ACTIVATIONS:
+    if t in (nn.Linear, *_PLAIN_CONVS, *_BATCHNORMS, nn.Flatten, nn.Unflatten) or t in ACTIVATION_RULES:
         return None
     return f"{t.__name__} is not a layer the chain route knows"
 
@@ -342,8 +342,8 @@ def _chain_step(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple[str, object] | N
         return m(x), ("map", lambda T, s, b, k: _conv_linear_part(m, T))
     if t in _BATCHNORMS:
         if m.training or m.running_var is None:  # batch statistics, held constant for the tangent
-            mean, var = _batch_stats(m, x, 1)
-            y = _normalise(m, x, mean, var)
+            mean, var = batch_stats(m, x, 1)
+            y = normalise(m, x, mean, var)
         else:
             var, y = m.running_var, m(x)
         scale = torch.rsqrt(var + m.eps)
@@ -355,8 +355,8 @@ def _chain_step(m: nn.Module, x: Tensor) -> tuple[Tensor, tuple[str, object] | N
         if dim % x.dim() == 0:
             raise ValueError(f"decoder: {t.__name__}({dim}) would reshape the batch dimension")
         return m(x), ("map", lambda T, s, b, k: m(T))
-    if t in _ACTIVATIONS:
-        y, deriv = _ACTIVATIONS[t](m, x)
+    if t in ACTIVATION_RULES:
+        y, deriv = ACTIVATION_RULES[t](m, x)
         return y, ("times", deriv)
     raise AssertionError(f"unsupported layer {t.__name__} reached _chain_step")  # _chain_layers filters these
 
@@ -370,11 +370,11 @@ def _tangent_ops(steps: list[tuple[str, object]]) -> list[TangentOp]:
         kind, v = steps[i]
         if kind == "scale" and i + 1 < len(steps) and steps[i + 1][0] == "times":
             deriv = steps[i + 1][1]
-            kind, v, i = "times", deriv * v.reshape(_channel_shape(deriv)), i + 1
+            kind, v, i = "times", deriv * v.reshape(channel_shape(deriv)), i + 1
         if kind == "map":
             ops.append(v)
         elif kind == "scale":
-            ops.append(lambda T, s, b, k, a=v: T * a.reshape(_channel_shape(T)))
+            ops.append(lambda T, s, b, k, a=v: T * a.reshape(channel_shape(T)))
         else:  # "times": one derivative per example, shared by its k tangents
             def times(T: Tensor, s: int, b: int, k: int, deriv: Tensor = v) -> Tensor:
                 rest = T.shape[1:]
@@ -396,7 +396,7 @@ def _columns_chain(layers: list[nn.Module], z: Tensor, tangents: Tensor) -> tupl
     _check_out(x, B)
     g = x.reshape(B, -1)
     ops = _tangent_ops(steps)
-    rows = max(1, _CHAIN_ROWS // max(k, 1))
+    rows = max(1, CHAIN_ROWS // max(k, 1))
     parts = []
     for s in range(0, B, rows):
         b = min(rows, B - s)

@@ -134,7 +134,7 @@ from torch import Tensor
 from gracheck import nets, posteriors
 from gracheck.base import deadline as _deadline
 from gracheck import train as _tr
-from gracheck.autodiff import _ACTIVATIONS, _CHAIN_ROWS, _batch_stats, _channel_shape, _normalise
+from gracheck.autodiff import ACTIVATION_RULES, CHAIN_ROWS, batch_stats, channel_shape, normalise
 from gracheck.objectives import grae_regularizer, hadamard_bound, sample_columns
 from gracheck.posteriors import GaussianPosterior
 from gracheck.train import CheckpointError, ConfigMismatchError, TrainConfig, TrainingDiverged, TrainResult
@@ -516,7 +516,7 @@ class _SBatchNorm(_Stacked):
         self.register_buffer("num_batches_tracked", torch.stack([m.num_batches_tracked for m in mods]).clone())
 
     def _proxy(self, m: int | None):
-        """What autodiff._batch_stats/_normalise read from a BatchNorm module: one model's, or all (flattened)."""
+        """What autodiff.batch_stats/normalise read from a BatchNorm module: one model's, or all (flattened)."""
         sl = (lambda t: t.reshape(-1)) if m is None else (lambda t: t[m])
         w = (lambda t: t.reshape(-1)) if m is None else (lambda t: _aligned(t[m]))
         return types.SimpleNamespace(
@@ -542,13 +542,13 @@ class _SBatchNorm(_Stacked):
         x = _section(a, self.M, self.kind)
         if self.kind == "grp":
             p = self._proxy(None)
-            mean, var = _batch_stats(p, x, 1)
-            return _A(_normalise(p, x, mean, var), "grp"), ("scale", torch.rsqrt(var + self.eps) * p.weight)
+            mean, var = batch_stats(p, x, 1)
+            return _A(normalise(p, x, mean, var), "grp"), ("scale", torch.rsqrt(var + self.eps) * p.weight)
         ys, scales = [], []
         for m in range(self.M):
             p = self._proxy(m)
-            mean, var = _batch_stats(p, x[m], 1)
-            ys.append(_normalise(p, x[m], mean, var))
+            mean, var = batch_stats(p, x[m], 1)
+            ys.append(normalise(p, x[m], mean, var))
             scales.append(torch.rsqrt(var + self.eps) * p.weight)
         return _A(ys, "list"), ("scale", scales)
 
@@ -568,7 +568,7 @@ class _SAct(_Stacked):
     def chain(self, a):
         if type(self.mod) is nn.Identity:
             return a, None
-        fn = _ACTIVATIONS[type(self.mod)]
+        fn = ACTIVATION_RULES[type(self.mod)]
         y, deriv = _elementwise(lambda t: fn(self.mod, t), a, self.M)
         return _A(y, a.kind), ("times", _A(deriv, a.kind))
 
@@ -630,18 +630,18 @@ def _fold(steps: list[tuple[str, object]], M: int) -> list[TangentOp]:
         if kind == "scale" and i + 1 < len(steps) and steps[i + 1][0] == "times":
             d = steps[i + 1][1]
             if d.kind == "list":
-                v = _A([dm * vm.reshape(_channel_shape(dm)) for dm, vm in zip(d.t, v)], "list")
+                v = _A([dm * vm.reshape(channel_shape(dm)) for dm, vm in zip(d.t, v)], "list")
             else:
-                v = _A(d.t * v.reshape(_channel_shape(d.t)), d.kind)
+                v = _A(d.t * v.reshape(channel_shape(d.t)), d.kind)
             kind, i = "times", i + 1
         if kind == "map":
             ops.append(v)
         elif kind == "scale":
             def scale(T: _A, s: int, b: int, k: int, a=v) -> _A:
                 if isinstance(a, list):
-                    return _A([t * am.reshape(_channel_shape(t)) for t, am in zip(_lst(T, M), a)], "list")
+                    return _A([t * am.reshape(channel_shape(t)) for t, am in zip(_lst(T, M), a)], "list")
                 t = _grp(T, M)
-                return _A(t * a.reshape(_channel_shape(t)), "grp")
+                return _A(t * a.reshape(channel_shape(t)), "grp")
 
             ops.append(scale)
         else:
@@ -661,7 +661,7 @@ def _stack_layer(mods: Sequence[nn.Module], M: int, mode: str) -> _Stacked:
         return _SConv(mods, M, mode)
     if isinstance(m0, nn.modules.batchnorm._BatchNorm):
         return _SBatchNorm(mods, M, mode)
-    if t in _ACTIVATIONS or t is nn.Identity:
+    if t in ACTIVATION_RULES or t is nn.Identity:
         return _SAct(m0, M)
     if t is nn.Unflatten:
         return _SUnflatten(m0, M)
@@ -818,7 +818,7 @@ class Ensemble(nn.Module):
 
         The engine's "chain" route (:mod:`gracheck.autodiff`) on the stacked layers: one primal
         forward, batch statistics held constant for the tangents, the tangents in slices of
-        ``_CHAIN_ROWS`` (example, column) rows.
+        ``CHAIN_ROWS`` (example, column) rows.
         """
         M, B, k, d = tangents.shape
         a, steps = _A(z, "mm"), []
@@ -828,7 +828,7 @@ class Ensemble(nn.Module):
                 steps.append(step)
         g = _mm(a, M).reshape(M, B, -1)
         ops = _fold(steps, M)
-        rows = max(1, _CHAIN_ROWS // max(k, 1))
+        rows = max(1, CHAIN_ROWS // max(k, 1))
         parts = []
         for s in range(0, B, rows):
             b = min(rows, B - s)
@@ -911,12 +911,14 @@ class EnsembleDiverged(TrainingDiverged):
 
 
 def _terms(net: Ensemble, cfg: TrainConfig, obs, x: Tensor, gens: Sequence[torch.Generator], beta: Tensor,
-           amp: str | None) -> dict[str, Tensor]:
+           amp: str | None, betas: Sequence[float]) -> dict[str, Tensor]:
     """Per model and example, the trainer's objective terms ``{name: [M, B]}`` (train.TERMS[cfg.model]).
 
     The same computation as ``gracheck.train``'s objective module, model by model: Eq. 2 (β-VAE, one
     reparameterised sample per example by default, exact KL), Eq. 12/13 (GRAE, full decoder Jacobian),
-    Eq. 14 (GRAE≈, ``grae_k`` sampled columns) or log p(x|g(h(x))) (ae). ``beta`` is ``[M, 1]``.
+    Eq. 14 (GRAE≈, ``grae_k`` sampled columns) or log p(x|g(h(x))) (ae). ``beta`` is ``[M, 1]``;
+    ``betas`` the configs' own floats (the GRAE log-determinant divides by √β, which a float and a
+    float32 tensor round differently, so each model gets the float its single run gets).
     """
     M, B = x.shape[0], x.shape[1]
     cast = (lambda f: f) if amp is None else _autocast(amp)
@@ -967,8 +969,8 @@ def _terms(net: Ensemble, cfg: TrainConfig, obs, x: Tensor, gens: Sequence[torch
     if cfg.model == "grae-approx":  # log1p on [M, B, k]: batched when that size keeps each model's bits
         probe = J[..., 0, :]
         reg = _per_model(hadamard_bound, M, probe, J, beta, hess) * (d / k)
-    else:  # logs of Cholesky diagonals (strided: the scalar routine either way), LAPACK per matrix
-        reg = grae_regularizer(J, beta, hess)
+    else:  # QR of [J/√β; I] per model with the config's float β, as the single run computes it
+        reg = torch.stack([grae_regularizer(J[m], betas[m], hess[m]) for m in range(M)])
     prior = 0.5 * beta * mean.pow(2).sum(-1)
     return {"objective": logp - prior - reg, "log_px": logp, "prior": prior, "regularizer": reg}
 
@@ -1042,7 +1044,8 @@ class EnsembleRun:
         """
         names = _tr.TERMS[self.cfg.model]
         x = self.batch(self.step_index)
-        terms = _terms(self.net, self.cfg, self.obs, x, self.gens, self.beta, self.amp)
+        terms = _terms(self.net, self.cfg, self.obs, x, self.gens, self.beta, self.amp,
+                       [c.beta for c in self.configs])
         means = torch.stack([terms[k].detach().float().mean(1) for k in names], 1)  # [M, T]
         bad = ~torch.isfinite(means)
         if bool(bad.any()):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gracheck.base.validate import FLOAT_DTYPES, is_traced, check_same_dtype, check_tensor
+from gracheck.base.validate import FLOAT_DTYPES, check_positive_int, check_same_dtype, check_tensor, is_traced
 
 STRUCTURES = ("mean-field", "block-diagonal", "full")
 _DIAG_FLOOR = 1e-5  # smallest posterior standard deviation a head can produce
@@ -29,10 +29,8 @@ _DIAG_FLOOR = 1e-5  # smallest posterior standard deviation a head can produce
 
 def block_sizes(d: int, block: int) -> list[int]:
     """Sizes of the diagonal blocks for latent dimension ``d`` and block size ``block`` (last may be smaller)."""
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d: must be a positive int, got {d!r}")
-    if not isinstance(block, int) or block < 1:
-        raise ValueError(f"block: must be a positive int, got {block!r}")
+    check_positive_int("d", d)
+    check_positive_int("block", block)
     return [min(block, d - s) for s in range(0, d, block)]
 
 
@@ -151,8 +149,7 @@ class GaussianPosterior:
 
     def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         """``n`` reparameterised samples, ``[n, B, d]`` (z = μ + Lε, ε from ``generator``)."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: must be a positive int, got {n!r}")
+        check_positive_int("n", n)
         eps = torch.randn(
             (n, *self.mean.shape), generator=generator, dtype=self.mean.dtype, device=self.mean.device
         )

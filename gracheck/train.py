@@ -31,7 +31,11 @@ learning rate: the defaults here (64, 1e-3) are our choice.
 Data: MNIST trains on the 60k train split (first ``train_limit`` if set) and evaluates on the
 first ``eval_size`` test images. The shipped CelebA subset holds only 10k *train* images, so
 CelebA uses ``load_celeba("all")`` (sorted by file name) and holds out its *last* ``eval_size``
-images, training on the rest; this split is deterministic and is recorded in result.json.
+images, training on the rest; this split is deterministic and is recorded in result.json
+(``data``), with the data folders used (``data["folders"]``: path -> how it was chosen) and every
+file read with the checksum its loader verified (``data["files"]``). The files are read from
+``data_root`` (``--data-root``) alone when given, else ``$GRACHECK_DATA`` alone when set: a
+folder named there that lacks a file is an error naming it, never a fallback to another copy.
 Batches: the global batch of step t is positions [tB, (t+1)B) of a stream of epoch-wise
 permutations, epoch e permuted by a generator seeded from (seed, e); so batches are a pure
 function of (seed, step), identical for any number of DDP processes (rank r takes the r-th
@@ -65,7 +69,7 @@ named in a warning, renamed ``*.corrupt`` (kept, never deleted) and the previous
 checkpoints that pass verification are never set aside. Resuming with a different config raises
 :class:`ConfigMismatchError` naming the fields (``steps`` alone may change, to extend a run).
 
-One trainer per folder: the trainer holds ``OUT/train.lock`` (a :class:`FolderLock`) while it
+One trainer per folder: the trainer holds ``OUT/train.lock`` (a :class:`gracheck.base.files.FolderLock`, re-exported here) while it
 runs; a second one is refused with :class:`FolderLocked` naming the owner's pid. The kernel
 drops the lock when its holder dies (SIGKILL included), and the next trainer takes such a
 stale lock over with a warning naming the dead process.
@@ -93,8 +97,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import datetime
-import errno
 import hashlib
 import io
 import json
@@ -103,7 +105,6 @@ import gc
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -119,7 +120,10 @@ from torch import Tensor
 
 from gracheck import nets, objectives, posteriors
 from gracheck.base import deadline as _deadline
+from gracheck.base.files import FolderLock, FolderLocked, is_terminal
 from gracheck.base.files import atomic_write_bytes as _files_atomic_write_bytes
+from gracheck.base.stats import derive_seed
+from gracheck.base.validate import check_positive_int
 from gracheck.likelihoods import BernoulliObs, GaussianObs
 
 __all__ = [
@@ -196,140 +200,11 @@ class TrainingInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
 
-class FolderLocked(RuntimeError):
-    """The folder is locked by another live process; ``owner`` holds what its lock file says (pid, host, started)."""
-
-    def __init__(self, message: str, owner: dict) -> None:
-        super().__init__(message)
-        self.owner = owner
-
-
 class OutDirError(OSError):
     """The output folder cannot be created or written (a parent is a file, no permission, ...)."""
 
 
-# ---------------------------------------------------------------------------------- folder lock
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class FolderLock:
-    """An exclusive lock on a folder (a run folder, a cache entry) through one lock file.
-
-    ``FolderLock(path, what="run folder")``; ``acquire()`` / ``release()`` or ``with``. The holder
-    writes its pid, host, start time and command line into ``path``. Exclusion comes from an
-    advisory ``fcntl.flock`` on the file, which the kernel drops however the holder ends (SIGKILL
-    included): a second acquirer while the holder lives gets :class:`FolderLocked` naming the
-    owner's pid; an acquirer that finds the file but no holder takes the stale lock over with a
-    ``RuntimeWarning`` naming the dead owner. ``release()`` removes the file. Where ``flock`` is
-    not available (no ``fcntl``, or a file system without locks) the pid in the file decides: a
-    live pid on this host keeps the lock. Locks are per open file, so two holders in one process
-    exclude each other too.
-    """
-
-    def __init__(self, path, *, what: str = "run folder") -> None:
-        self.path = Path(path)
-        self.what = what
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def __enter__(self) -> FolderLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def _read(self, fd: int) -> dict:
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            raw = os.read(fd, 65536)
-            info = json.loads(raw.decode()) if raw.strip() else {}
-            return info if isinstance(info, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _busy(self, owner: dict) -> FolderLocked:
-        pid, host, started = owner.get("pid", "?"), owner.get("host", "?"), owner.get("started", "?")
-        return FolderLocked(
-            f"{self.what} {self.path.parent} is in use by pid {pid} on {host} (since {started}; lock file "
-            f"{self.path}); wait for it to finish or stop it. A lock whose process has died is taken over "
-            "automatically.", owner)
-
-    def acquire(self) -> FolderLock:
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path}: this FolderLock is already held")
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                kernel = True
-                if fcntl is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        raise self._busy(self._read(fd)) from None
-                    except OSError as e:
-                        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                            raise
-                        kernel = False
-                else:
-                    kernel = False
-                try:  # the file we locked may have been unlinked by a holder releasing it meanwhile
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if not same:
-                    os.close(fd)
-                    continue
-                prev = self._read(fd)
-                if prev and not kernel and prev.get("host") == socket.gethostname() and prev.get("pid") != os.getpid() \
-                        and _pid_alive(prev.get("pid")):
-                    raise self._busy(prev)
-                if prev:
-                    warnings.warn(
-                        f"{self.path}: taking over the stale lock of pid {prev.get('pid', '?')} on {prev.get('host', '?')} "
-                        f"(since {prev.get('started', '?')}), which is no longer running", RuntimeWarning, stacklevel=2)
-                info = {"pid": os.getpid(), "host": socket.gethostname(),
-                        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        "argv": sys.argv}
-                os.ftruncate(fd, 0)
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.write(fd, (json.dumps(info) + "\n").encode())
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
-            return self
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(self.path)  # while still holding it, so no one locks a file about to vanish
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
+# ---------------------------------------------------------------------------------- run folder
 
 
 def _prepare_out(out: Path) -> None:
@@ -355,6 +230,51 @@ def _lock_out(out: Path) -> FolderLock:
         raise
     except OSError as e:
         raise OutDirError(f"out_dir: {out} is not writable: {e.strerror} ({e.filename})") from None
+
+
+PROGRESS_FRACTION = 0.1  # off a terminal: a progress line at every tenth of the run ...
+PROGRESS_SECONDS = 60.0  # ... and whenever this many seconds passed since the last line
+
+
+class _StepProgress:
+    """The training loop's progress on stderr: a tqdm bar on a terminal; elsewhere (CI logs, pipes, nohup)
+    one flushed line at every :data:`PROGRESS_FRACTION` of the run, whenever :data:`PROGRESS_SECONDS`
+    passed since the last line, and at the last step: step, loss, steps/s (since the last line) and
+    the time left at that rate."""
+
+    def __init__(self, cfg: TrainConfig, start: int, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total, self.name = cfg.steps, f"{cfg.model} {cfg.dataset}"
+        self.bar = None
+        if is_terminal(self.stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start, desc=self.name, dynamic_ncols=True, file=self.stream)
+            return
+        self.every = max(1, math.ceil(cfg.steps * PROGRESS_FRACTION))
+        self.t_last, self.step_last = time.perf_counter(), start
+        self._line(f"{'resuming at' if start else 'starting'} step {start} of {cfg.steps}")
+
+    def _line(self, s: str) -> None:
+        print(f"gracheck.train {self.name}: {s}", file=self.stream, flush=True)
+
+    def update(self, done: int, metrics: dict, terms: Sequence[str]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in terms}, refresh=False)
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if not (done % self.every == 0 or done == self.total or now - self.t_last >= PROGRESS_SECONDS):
+            return
+        rate = (done - self.step_last) / max(now - self.t_last, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else math.inf
+        self._line(f"step {done}/{self.total} ({100 * done / self.total:.0f}%), loss {metrics['loss']:.6g}, "
+                   f"{rate:.3g} steps/s, {left:.0f} s left")
+        self.t_last, self.step_last = now, done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _StopRequest:
@@ -437,14 +357,14 @@ class TrainConfig:
         _choice("arch", self.arch, nets.ARCHS)
         _choice("activation", self.activation, nets.ACTIVATIONS)
         for name in ("latent_dim", "steps", "batch_size", "grae_k", "n_samples", "eval_size", "keep_checkpoints"):
-            _pos_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("eval_every", "checkpoint_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         for name in ("block", "train_limit", "num_threads"):
             if getattr(self, name) is not None:
-                _pos_int(name, getattr(self, name))
+                check_positive_int(name, getattr(self, name))
         for name in ("beta", "lr", "obs_variance", "width"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -455,7 +375,7 @@ class TrainConfig:
         if self.grae_k > self.latent_dim:
             raise ValueError(f"grae_k: must be <= latent_dim={self.latent_dim}, got {self.grae_k}")
         for h in self.hidden:
-            _pos_int("hidden", h)
+            check_positive_int("hidden", h)
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
         for name in ("amp", "deterministic"):
@@ -484,11 +404,6 @@ def _choice(name: str, v: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {v!r}")
 
 
-def _pos_int(name: str, v: object) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-
-
 def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
     """Fields whose values differ: ``{name: (a's value, b's value)}``."""
     da, db = a.to_dict(), b.to_dict()
@@ -509,7 +424,7 @@ class TrainResult:
     resumed_from: int | None
     device: str
     world_size: int
-    data: dict  # how the training/held-out sets were formed
+    data: dict  # how the training/held-out sets were formed; "folders" and "files" (with checksums) read
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -518,12 +433,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------- small utils
-
-
-def _derive_seed(*keys: object) -> int:
-    """A 63-bit seed from a tuple of keys (stable across processes and platforms)."""
-    h = hashlib.sha256(repr(keys).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -588,9 +497,15 @@ def _load_data(cfg: TrainConfig, root) -> tuple[Tensor, Tensor, dict]:
     """(train images, held-out images, description); both ``[N, C, H, W]`` float32 in [0, 1]."""
     key = (cfg.dataset, None if root is None else str(Path(root).resolve()), cfg.train_limit, cfg.eval_size,
            os.environ.get("GRACHECK_DATA"))
+    from gracheck import data as gdata
+
     if key not in _DATA_MEMO:
         _DATA_MEMO.clear()
-        _DATA_MEMO[key] = _load_data_uncached(cfg, root)
+        with gdata.record_reads() as rec:
+            train_x, held, desc = _load_data_uncached(cfg, root)
+        _DATA_MEMO[key] = train_x, held, {**desc, **rec.to_dict()}
+    else:
+        gdata.note_reads(_DATA_MEMO[key][2])  # a memo hit reads the same files: an outer record sees them too
     train_x, held, desc = _DATA_MEMO[key]
     return train_x, held, dict(desc)
 
@@ -626,7 +541,7 @@ class _BatchStream:
 
     def _perm_of(self, e: int) -> Tensor:
         if e != self._epoch:
-            g = torch.Generator().manual_seed(_derive_seed("data", self.seed, e))
+            g = torch.Generator().manual_seed(derive_seed("data", self.seed, e))
             self._epoch, self._perm = e, torch.randperm(self.n, generator=g)
         return self._perm
 
@@ -733,7 +648,7 @@ def _make_obs(cfg: TrainConfig):
 def _build(cfg: TrainConfig) -> nets.VAEModel:
     """The model of ``cfg``, initialised from ``cfg.seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(_derive_seed("init", cfg.seed))
+        torch.random.default_generator.manual_seed(derive_seed("init", cfg.seed))
         return nets.build_model(
             cfg.dataset, cfg.model, cfg.latent_dim, posterior=cfg.posterior,
             block=cfg.block if cfg.posterior == "block-diagonal" else None, width=cfg.width, arch=cfg.arch,
@@ -972,7 +887,7 @@ def _evaluate(model: nets.VAEModel, held: Tensor, cfg: TrainConfig, obs, device:
     was_training = model.training
     model.eval()
     obj = _Objective(model, cfg, obs, amp)
-    gen = torch.Generator(device=device).manual_seed(_derive_seed("eval", cfg.seed))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("eval", cfg.seed))
     sums: dict[str, float] = {}
     n = 0
     try:
@@ -1067,8 +982,10 @@ def train(
 
     ``resume=True`` continues from the newest readable checkpoint in ``out_dir`` (a run that is
     already complete returns at once; an empty folder starts fresh). ``data_root``: where the data
-    files are (default: the search path of :mod:`gracheck.data`). ``callback(step, metrics, model)``
-    is called after every step (step counts completed steps).
+    files are, the only place looked (default: the search path of :mod:`gracheck.data`).
+    ``progress``: on stderr, a bar on a terminal, else one line per tenth of the run and at least
+    every :data:`PROGRESS_SECONDS` (step, loss, steps/s); False for none. ``callback(step, metrics,
+    model)`` is called after every step (step counts completed steps).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (nccl on CUDA,
     gloo on CPU) unless it already is; only rank 0 writes files.
@@ -1126,24 +1043,28 @@ def train(
 
 def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, device) -> TrainResult:
     ck, ck_path, failed = _check_out(out, cfg, resume, world)
+    start = int(ck["step"]) if ck is not None else 0
+    finished = None
+    if ck is not None and start == cfg.steps and (out / "result.json").exists():
+        saved = json.loads((out / "result.json").read_text())
+        finished = saved if saved.get("step") == start else None
+    if finished is None:  # the data before anything is written: a data folder lacking a file leaves OUT as it was
+        train_x, held, data_desc = _load_data(cfg, data_root)
     if world > 1:
         dist.barrier()  # every process checked before rank 0 writes
     if rank == 0:
         _write_out(out, cfg, failed)
     if world > 1:
         dist.barrier()
-    start = int(ck["step"]) if ck is not None else 0
-    if ck is not None and start == cfg.steps and (out / "result.json").exists():
-        saved = json.loads((out / "result.json").read_text())
-        if saved.get("step") == start:
-            return TrainResult(**{**saved, "config": cfg, "out_dir": str(out), "resumed_from": start})
+    if finished is not None:
+        return TrainResult(**{**finished, "config": cfg, "out_dir": str(out), "resumed_from": start})
 
     amp = device.type if (cfg.amp and device.type == "cuda") else None
     obs = _make_obs(cfg)
     model = _build(cfg).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator(device=device).manual_seed(_derive_seed("noise", cfg.seed, rank))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("noise", cfg.seed, rank))
     seconds0 = 0.0
     last_train: dict = {}
     last_eval: dict = {}
@@ -1154,7 +1075,6 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         seconds0 = float(ck.get("seconds", 0.0))
         last_train, last_eval = dict(ck.get("train_metrics", {})), dict(ck.get("eval_metrics", {}))
 
-    train_x, held, data_desc = _load_data(cfg, data_root)
     on_device = device.type == "cuda"
     if on_device:
         train_x, held = train_x.to(device), held.to(device)
@@ -1196,11 +1116,7 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
         logs[1].write({"step": step, **last_eval, "seconds": seconds})
         logs[1].flush()
 
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.model} {cfg.dataset}", dynamic_ncols=True, file=sys.stderr)
+    bar = _StepProgress(cfg, start) if progress and rank == 0 else None
     t_session = time.perf_counter()
     last_ckpt = ck_path
     # the underlying terms first, the derived objective last: a NaN report names where it started
@@ -1259,8 +1175,7 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
                 last_ckpt = write_ckpt(done, seconds)
             if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last_train.items() if k in terms_names}, refresh=False)
-                bar.update(1)
+                bar.update(done, last_train, terms_names)
             if callback is not None:
                 callback(done, dict(last_train), model)
             if world == 1:
@@ -1328,8 +1243,12 @@ def _arg_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out", required=True, help="output folder (config, logs, checkpoints)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
-    ap.add_argument("--data-root", default=None, help="data folder (default: $GRACHECK_DATA, ../shared/data, cache)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--data-root", default=None, help="data folder, the only place looked (default: $GRACHECK_DATA "
+                                                       "alone when set, else ../shared/data then the user cache)")
+    ap.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                    help="no progress on stderr (by default a bar on a terminal; elsewhere, e.g. CI logs, pipes or "
+                         "nohup, one line per tenth of the run and at least every minute: step, loss, steps/s); "
+                         "the summary is still printed")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -1359,7 +1278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.pop("out"))
     resume = args.pop("resume")
     data_root = args.pop("data_root")
-    progress = not args.pop("no_progress")
+    progress = not args.pop("quiet")
     base: dict = {}
     if resume and (out / "config.json").exists():
         base = json.loads((out / "config.json").read_text())
@@ -1397,7 +1316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ensemble trainer (gracheck.ensemble) reuses these pieces so that a model trained inside an ensemble
 # is the model trained alone (same initialisation, data order, random streams, logs and checkpoint
 # files). They are aliases of the private names above.
-derive_seed = _derive_seed
 build_model = _build
 make_obs = _make_obs
 Objective = _Objective

@@ -243,8 +243,63 @@ def test_entry_lock_makes_a_second_process_wait(tmp_path):
         dt = time.monotonic() - t0
     holder.wait(timeout=30)
     assert dt > 0.5 and waited and "waiting for another process" in waited[0]
+    assert f"pid {holder.pid}" in waited[0]  # the one lock records its owner: the wait line names it
     with entry_lock(entry, timeout=1):  # free again
         pass
+
+
+def test_one_lock_for_run_folders_and_cache_entries(tmp_path):
+    """The trainer's run-folder lock and the cache's entry lock are one FolderLock: both record pid, host and
+    start; a dead owner's lock file is taken over with a warning naming it, in both modes; a live owner is
+    refused (run folder) or waited for up to a timeout (cache entry), both naming the owner."""
+    import json
+    import socket
+    import warnings
+
+    import gracheck.train as gtrain
+    from gracheck.base.files import FolderLock, FolderLocked
+
+    assert gtrain.FolderLock is FolderLock and gtrain.FolderLocked is FolderLocked
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    stale = json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00"})
+    entry = tmp_path / "entry"
+    for lock_file, take in ((tmp_path / "train.lock", lambda: FolderLock(tmp_path / "train.lock")),
+                            (tmp_path / "entry.lock", lambda: entry_lock(entry))):
+        lock_file.write_text(stale)  # left behind by a killed owner: no flock held on it
+        with pytest.warns(RuntimeWarning, match=f"stale lock of pid {dead.pid}"):
+            with take():
+                info = json.loads(lock_file.read_text())
+                assert info["pid"] == os.getpid() and info["host"] == socket.gethostname() and "started" in info
+        assert not lock_file.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a lock released cleanly leaves nothing to take over
+        with entry_lock(entry):
+            pass
+    with FolderLock(tmp_path / "train.lock"):
+        with pytest.raises(FolderLocked, match=f"run folder {tmp_path} is in use by pid {os.getpid()}"):
+            FolderLock(tmp_path / "train.lock").acquire()
+        with pytest.raises(TimeoutError, match=f"held by pid {os.getpid()}"):
+            FolderLock(tmp_path / "train.lock", wait=True, timeout=0.2, poll=0.05).acquire()
+
+
+# The seeds the trainer derived with its own copy of the helper (train._derive_seed, removed): model
+# initialisation ("init", seed), the data order ("data", seed, epoch), posterior samples and Jacobian
+# columns ("noise", seed, rank) and evaluation ("eval", seed). Cached models are keyed by their config,
+# not by these seeds, so a change here would silently change every cached model: they must not move.
+_TRAINER_SEEDS = {
+    ("init", 0): 3535224811890619605, ("init", 3): 1815495235601927950,
+    ("data", 0, 0): 301721334361282289, ("data", 3, 7): 5786778121746166626,
+    ("noise", 0, 0): 3613634637937742484, ("noise", 3, 1): 6597009202843232472,
+    ("eval", 0): 6783315581417943899, ("eval", 3): 1491285489956519968,
+}
+
+
+def test_one_seed_derivation_keeps_the_trainers_seeds():
+    import gracheck.train as gtrain
+
+    assert not hasattr(gtrain, "_derive_seed") and gtrain.derive_seed is stats.derive_seed
+    assert {k: stats.derive_seed(*k) for k in _TRAINER_SEEDS} == _TRAINER_SEEDS
 
 
 _FAKE_EXPERIMENT = '''
@@ -295,3 +350,13 @@ def test_two_processes_on_one_cache_entry_compute_it_once(tmp_path):
     assert sum("loaded from cache" in o[0] for o in outs) == 1, outs
     for i in range(2):
         assert (tmp_path / f"out{i}" / "lock-figure.png").read_bytes() == b"png"
+
+
+def test_cache_key_is_one_digest_of_sorted_json():
+    """The experiment cache and the model cache share one key helper: 16 hex digits, independent of the
+    order of dict keys, different for different parts."""
+    from gracheck.base.files import cache_key
+
+    k = cache_key([{"a": 1, "b": [1, 2]}, "v1"])
+    assert len(k) == 16 and int(k, 16) >= 0
+    assert cache_key([{"b": [1, 2], "a": 1}, "v1"]) == k and cache_key([{"a": 1, "b": [1, 2]}, "v2"]) != k

@@ -342,10 +342,10 @@ def test_dual_tensor_convolutions_match_vmap_route_values_and_gradients(train_mo
 
 
 @pytest.mark.parametrize("rows", [1, 5, 1000])
-@pytest.mark.parametrize("method,knob", [("vmap", "_VMAP_ROWS"), ("chain", "_CHAIN_ROWS")])
+@pytest.mark.parametrize("method,knob", [("vmap", "_VMAP_ROWS"), ("chain", "CHAIN_ROWS")])
 def test_route_batch_slicing_changes_nothing(monkeypatch, method, knob, rows):
     """The vmap and chain routes run their tangent passes on slices of the batch (about _VMAP_ROWS /
-    _CHAIN_ROWS rows each). Uneven slices, one example per slice, and one slice must all give the
+    CHAIN_ROWS rows each). Uneven slices, one example per slice, and one slice must all give the
     dual-tensor route's g and J, the same parameter gradient, and one running-statistics update
     (train-mode BatchNorm)."""
     import gracheck.autodiff as ad

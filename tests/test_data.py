@@ -252,16 +252,15 @@ def test_mnist_missing_lists_places(tmp_path, monkeypatch):
     assert "t10k-images-idx3-ubyte.gz" in msg and "--download mnist" in msg
     assert str(SHARED) not in msg  # an explicit root is the only place searched
 
-    # The default chain: $GRACHECK_DATA, ../shared/data, user cache, all listed in order.
-    env, shared, cache = tmp_path / "env", tmp_path / "shared", tmp_path / "xdg"
-    monkeypatch.setenv("GRACHECK_DATA", str(env))
+    # The default chain (no $GRACHECK_DATA): ../shared/data, then the user cache, listed in order.
+    shared, cache = tmp_path / "shared", tmp_path / "xdg"
     monkeypatch.setattr(_paths, "SHARED_DATA", shared)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     with pytest.raises(FileNotFoundError) as e:
         gd.load_mnist("train")
     msg = str(e.value)
-    pos = [msg.index(f"  {p}  (") for p in (env / "mnist", shared / "mnist", cache / "gracheck" / "data" / "mnist")]
-    assert pos == sorted(pos) and "$GRACHECK_DATA" in msg
+    pos = [msg.index(f"  {p}  (") for p in (shared / "mnist", cache / "gracheck" / "data" / "mnist")]
+    assert pos == sorted(pos) and "set $GRACHECK_DATA" in msg
     with pytest.raises(FileNotFoundError, match="no gracheck data found"):
         gd.data_root()
 
@@ -284,7 +283,8 @@ def test_search_order(tmp_path, monkeypatch):
     assert mnist.find_mnist("test") == env / "mnist"  # the env var beats shared
     assert gd.data_root() == env
     assert mnist.find_mnist("test", explicit) == explicit / "mnist"  # root beats the env var
-    assert mnist.find_mnist("train") == SHARED / "mnist"  # env lacks train: next in order
+    with pytest.raises(FileNotFoundError, match=r"(?s)\$GRACHECK_DATA=.*env.*missing train-images"):
+        mnist.find_mnist("train")  # env lacks train: an error naming it, never ../shared/data's copy
     monkeypatch.setattr(_paths, "SHARED_DATA", tmp_path / "nowhere")
     monkeypatch.delenv("GRACHECK_DATA")
     assert mnist.find_mnist("test") == cache / "gracheck" / "data" / "mnist"  # last: the user cache
@@ -586,7 +586,8 @@ def test_cli_check(capsys):
     assert dl.main(["--check"]) == 0
     out = capsys.readouterr().out
     assert "MNIST train" in out and "60,000 images" in out and "train 162,770" in out
-    assert "10,000 images, digest ok" in out and "SHA256SUMS: 6/6 files ok" in out
+    assert "10,000 images, digest ok" in out
+    assert f"SHA256SUMS: {SHARED / 'SHA256SUMS'}: 6/6 files under {SHARED} ok" in out
 
 
 def test_cli_check_reports_missing(tmp_path, capsys):
@@ -600,3 +601,169 @@ def test_verify_sha256_shipped():
     res = gd.verify_sha256()
     assert len(res) == 6 and all(v["ok"] for v in res.values())
     assert res["celeba/list_eval_partition.txt"]["expected"].startswith("fc955bcb")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17 item 4: an explicitly named data folder is the only place looked; what was read is recorded.
+
+
+def _partial(tmp_path: Path) -> Path:
+    """A data folder with MNIST test complete and only the train images (its labels missing)."""
+    d = tmp_path / "partial"
+    (d / "mnist").mkdir(parents=True)
+    for name in (*mnist.FILES["test"], mnist.FILES["train"][0]):
+        (d / "mnist" / name).symlink_to(SHARED / "mnist" / name)
+    return d
+
+
+@needs_mnist
+@pytest.mark.parametrize("case", ["missing", "empty", "partial", "file"])
+def test_gracheck_data_never_falls_back(tmp_path, monkeypatch, case):
+    """$GRACHECK_DATA pointing at a missing folder, an empty one, one missing a file, or a file, used to read
+    ../shared/data's copy instead: now every loader raises an error naming $GRACHECK_DATA, its value and
+    what is missing there, and never mentions ../shared/data as a place it looked."""
+    where = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "partial": None, "file": tmp_path / "f"}[case]
+    if case == "empty":
+        where.mkdir()
+    if case == "file":
+        where.write_text("")
+    if case == "partial":
+        where = _partial(tmp_path)
+    monkeypatch.setenv("GRACHECK_DATA", str(where))
+    loads = [lambda: gd.load_mnist("train"), lambda: gd.mnist_images("train", limit=5),
+             lambda: gd.load_celeba("all", limit=2), gd.celeba_split_counts]
+    if case != "partial":
+        loads.append(gd.data_root)
+    expect = {"missing": "no such folder", "empty": "empty folder",
+              "partial": "missing train-labels-idx1-ubyte.gz", "file": "not a folder"}[case]
+    for load in loads:
+        with pytest.raises(OSError) as e:
+            load()
+        msg = str(e.value)
+        assert f"$GRACHECK_DATA={where}" in msg or f"$GRACHECK_DATA {where}" in msg, msg
+        assert str(SHARED) not in msg, msg
+        if load is not gd.data_root and "CelebA" not in msg:
+            assert expect in msg, msg
+    if case == "partial":  # what is there is read from there
+        assert mnist.find_mnist("test") == where / "mnist"
+    monkeypatch.setenv("GRACHECK_DATA", "")  # set but empty: unset, the default places
+    assert mnist.find_mnist("test") == SHARED / "mnist"
+
+
+@needs_mnist
+def test_trainer_refuses_a_bad_gracheck_data(tmp_path, monkeypatch, capsys):
+    """The trainer read ../shared/data and exited 0 with $GRACHECK_DATA pointing at an empty folder; now it
+    exits 2 with the error naming the folder (and likewise for --data-root)."""
+    from gracheck.train import main
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("GRACHECK_DATA", str(tmp_path / "empty"))
+    args = ["--arch", "mlp", "--hidden", "8", "--latent-dim", "2", "--steps", "1", "--eval-size", "8",
+            "--train-limit", "64", "--batch-size", "8", "--no-progress", "--num-threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"$GRACHECK_DATA={tmp_path / 'empty'}" in err and "empty folder" in err and str(SHARED) not in err
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing written: the same command works once fixed
+    monkeypatch.delenv("GRACHECK_DATA")
+    assert main([*args, "--out", str(tmp_path / "run2"), "--data-root", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert f"root argument {tmp_path / 'nope'}" in err and "no such folder" in err
+
+
+@needs_mnist
+@needs_celeba
+def test_cli_check_names_the_folder_of_each_line(tmp_path, monkeypatch, capsys):
+    """`--check` printed "SHA256SUMS: 6/6 files ok" (about ../shared/data) beside a PROBLEM line about the
+    folder $GRACHECK_DATA named. Now the named folder is the only one checked and every line says which
+    folder or file it is about."""
+    part = _partial(tmp_path)
+    monkeypatch.setenv("GRACHECK_DATA", str(part))
+    assert dl.main(["--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Data folder: {part}  ($GRACHECK_DATA; the only place searched)"
+    heads = [ln for ln in lines if not ln.startswith(" ") and ":" in ln][1:]
+    by = {h.split(":")[0]: h for h in heads}
+    assert set(by) >= {"MNIST train", "MNIST test", "CelebA split file", "CelebA images", "SHA256SUMS"}, heads
+    assert by["MNIST test"].startswith(f"MNIST test: {part / 'mnist'}: 10,000 images")
+    assert by["MNIST train"].startswith(f"MNIST train: PROBLEM in {part} ($GRACHECK_DATA)")
+    assert f"  {part / 'mnist'}  ($GRACHECK_DATA, mnist/: missing train-labels-idx1-ubyte.gz)" in lines
+    assert by["SHA256SUMS"] == f"SHA256SUMS: none in {part} ($GRACHECK_DATA) (only the shipped shared/data has one)"
+    assert not any(str(SHARED) in ln for ln in lines)
+    monkeypatch.setenv("GRACHECK_DATA", str(tmp_path / "nope"))
+    assert dl.main(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"PROBLEM: $GRACHECK_DATA={tmp_path / 'nope'}: no such folder" in out and str(SHARED) not in out
+
+
+@needs_mnist
+@needs_celeba
+def test_record_reads_names_folders_and_checksums(tmp_path):
+    """record_reads: the folder each data set was read from (and how it was chosen) and each file read with
+    the checksum its loader verified, compared here with hashlib over the file bytes; blocks nest; a
+    cached read (second load) is recorded too; verify='none' records no checksum."""
+    with gd.record_reads() as outer:
+        with gd.record_reads() as inner:
+            gd.load_mnist("test")
+        gd.load_mnist("test")  # digest cache hit: still noted
+        gd.load_celeba("train", limit=3)  # reads the split file too ("all" does not)
+    d = inner.to_dict()
+    assert d["folders"] == {str(SHARED / "mnist"): "repository ../shared/data"}
+    for name in mnist.FILES["test"]:
+        f = d["files"][str(SHARED / "mnist" / name)]
+        assert f["md5"] == hashlib.md5((SHARED / "mnist" / name).read_bytes()).hexdigest() == mnist.MD5[name]
+        assert f["bytes"] == (SHARED / "mnist" / name).stat().st_size
+    o = outer.to_dict()
+    assert o["files"][str(SUBSET_ZIP)]["sha256"] == hashlib.sha256(SUBSET_ZIP.read_bytes()).hexdigest()
+    assert o["files"][str(SPLIT)]["md5"] == celeba.SPLIT_MD5 and str(SHARED / "celeba") in o["folders"]
+    assert set(d["files"]) < set(o["files"])
+    d2 = _copy_mnist(tmp_path)
+    with gd.record_reads() as rec:
+        gd.load_mnist("test", tmp_path, verify="none")
+    f = rec.to_dict()["files"][str(d2 / mnist.FILES["test"][0])]
+    assert "md5" not in f and f["verify"] == "none"
+    assert rec.to_dict()["folders"] == {str(d2): "root argument"}
+    with gd.record_reads() as rec:
+        gd.note_reads(o)  # a record made earlier (a cached model's result.json) merges in
+    assert rec.to_dict() == o
+
+
+_READING_EXPERIMENT = '''
+import dataclasses
+from gracheck.data import mnist_images
+from gracheck.experiments._common import ExperimentResult, Metric, config_dict, experiment_claim
+
+CLAIM = experiment_claim(__name__, id="test-reading-experiment", source="-", statement="Reads MNIST.",
+                         title="R", shows="nothing")
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n: int = 4
+
+CONFIGS = {"smoke": Config(), "paper": Config(8)}
+
+def run(config, *, seed, device, out_dir, progress=None):
+    x, _ = mnist_images("test", limit=config.n)
+    return ExperimentResult(claim_id=CLAIM.id, scale="smoke", config=config_dict(config), seeds=[seed],
+                            device=device, metrics={"m": Metric(float(x.mean()))}, figures=[], seconds=0.1)
+
+def check(res):
+    return []
+'''
+
+
+@needs_mnist
+def test_experiment_result_records_the_data_read(tmp_path, monkeypatch):
+    """An ExperimentResult records the data folder and the files its run read (with their md5), and keeps the
+    record through the result cache (a cached result says what it was computed from)."""
+    from gracheck.experiments import ExperimentResult, run_experiment
+
+    (tmp_path / "readexp.py").write_text(_READING_EXPERIMENT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GRACHECK_CACHE", str(tmp_path / "cache"))
+    res = run_experiment("readexp", scale="smoke", seed=0, out_dir=tmp_path / "out")
+    want = {str(SHARED / "mnist" / n): mnist.MD5[n] for n in mnist.FILES["test"]}
+    assert {k: v["md5"] for k, v in res.data_read["files"].items()} == want
+    assert res.data_read["folders"] == {str(SHARED / "mnist"): "repository ../shared/data"}
+    again = run_experiment("readexp", scale="smoke", seed=0, out_dir=tmp_path / "out")
+    assert "loaded from cache" in again.notes[-1] and again.data_read == res.data_read
+    assert ExperimentResult.from_dict(res.to_dict()).data_read == res.data_read

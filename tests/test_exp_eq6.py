@@ -195,27 +195,100 @@ def test_bootstrap_quantile_ci():
         e.bootstrap_quantile_ci(x, 1.5, B=10, level=0.95, rng=np.random.default_rng(1))
 
 
-def _fake(rho_elu=0.05, zero=1e-16, route=1e-16, seed=0):
+def _fake(rho_elu=0.05, zero=1e-16, route=1e-16, seed=0, fd_excess=1e-4, fd_inside=40, control_excess=5e4,
+          control_rho=0.2, n=40, min_points=20):
     rng = np.random.default_rng(seed)
-    cfg = e.Config(blocks=(1,), betas=(0.5,), steps=1, n_test=40, bootstrap=200)
-    n = 40
+    cfg = e.Config(blocks=(1,), betas=(0.5,), steps=1, n_test=n, bootstrap=200, min_points=min_points)
 
-    def split_data(level):
+    def split_data(level, fd=None):
         r = level * np.exp(rng.normal(0, 0.1, n))
-        return {"rho_w": list(r), "rho_h": list(r), "route_err": [route] * n, "tr_r": list(r), "tr_gn": [1.0] * n}
+        out = {"rho_w": list(r), "rho_h": list(r), "route_err": [route] * n, "tr_r": list(r), "tr_gn": [1.0] * n}
+        if fd is not None:
+            exc, rho = fd
+            out.update({"fd_inside": [1.0] * fd_inside + [0.0] * (n - fd_inside), "fd_excess": [exc] * n,
+                        "fd_rho": [rho] * n})
+        return out
 
     models = [{"kind": "elu", "block": 1, "beta": 0.5, "output": split_data(rho_elu), "logits": split_data(0.2)},
-              {"kind": "relu", "block": 1, "beta": 0.3, "output": split_data(0.1), "logits": split_data(zero)}]
+              {"kind": "relu", "block": 1, "beta": 0.3, "output": split_data(0.1, (control_excess, control_rho)),
+               "logits": split_data(zero, (fd_excess, 1e-11))}]
     return ExperimentResult(claim_id=e.CLAIM_ID, scale="custom", config=config_dict(cfg), seeds=[seed], device="cpu",
                             metrics={}, figures=[], seconds=0.0, data={"models": models})
 
 
+def _by(out):
+    """{what: outcome} of eq6's check results, keyed by a word of their reason."""
+    keys = {"route FD can fail": "control", "linear region": "region", "enough test points": "points",
+            "two routes": "routes", "ELU": "rule2", "piecewise-linear": "rule1"}
+    got = {}
+    for c in out:
+        k = next(v for w, v in keys.items() if w in c.reason)
+        got[k] = c.outcome
+    return got
+
+
 def test_check_decisions():
     ok = e.check(_fake())
-    assert len(ok) == 3 and all(c.passed for c in ok)
-    assert [c.passed for c in e.check(_fake(rho_elu=0.2))] == [False, True, True]
-    assert sum(not c.passed for c in e.check(_fake(zero=1e-6))) == 1
-    assert sum(not c.passed for c in e.check(_fake(route=1e-6))) == 1
+    assert _by(ok) == dict.fromkeys(("rule1", "region", "control", "rule2", "points", "routes"), "verified")
+    assert _by(e.check(_fake(rho_elu=0.2)))["rule2"] == "refuted"
+    # rule 1 is decided by route FD: route H at 1e-6 (torch's relu'' = 0 convention) no longer decides it
+    assert _by(e.check(_fake(zero=1e-6)))["rule1"] == "verified"
+    assert _by(e.check(_fake(fd_excess=3.0)))["rule1"] == "refuted"  # a value without sampling error: never inconclusive
+    assert _by(e.check(_fake(route=1e-6)))["routes"] == "inconclusive"
+
+
+@pytest.mark.parametrize("change, key, needle", [
+    (dict(fd_inside=5), "region", "5 of 40 test points"),
+    (dict(control_excess=0.5), "control", "0.5× the tolerance"),
+    (dict(control_rho=1e-6), "control", "median ρ 1e-06"),
+    (dict(n=40, min_points=100), "points", "40 per model"),
+])
+def test_unmet_preconditions_are_inconclusive_and_say_why(change, key, needle):
+    from gracheck.base.verdicts import combine
+
+    out = e.check(_fake(**change))
+    c = [c for c in out if key in _by([c])][0]
+    assert c.outcome == "inconclusive" and needle in c.reason, c.reason
+    assert combine(x.outcome for x in out) == "inconclusive"
+
+
+# ---------------------------------------------------------------- route FD (rule 1)
+def test_route_fd_sees_no_residual_inside_a_linear_region_and_the_sigmoid_residual_outside_it():
+    """Central differences of the gradient (no second derivative of a ReLU taken): the logits split of a ReLU + sigmoid
+    MLP gives JᵀH_pJ to the finite-difference tolerance; the sigmoid inside the decoder gives a residual ≥ 1e-2."""
+    from gracheck.base.tolerances import ErrorBound, tol
+
+    t = tol("finite-difference", ErrorBound)
+    x, z = _xz(B=10, D=9)
+    net = _dec("relu", "sigmoid", hidden=(16,))
+    for name, small in (("logits", True), ("output", False)):
+        dec, lik = e.split(net, name)
+        H, inside = e.fd_hessian_in_region(dec, lik, x, z)
+        gn, _ = e.gauss_newton(dec, lik, x, z)
+        assert int(inside.sum()) >= 8
+        err = (H - gn).abs()[inside]
+        if small:
+            assert bool((err <= t.atol + t.rtol * gn.abs()[inside]).all()), float(err.max())
+        else:
+            assert float((_rho(H - gn, gn))[inside].median()) > 1e-2
+    # an ELU net has no linear regions
+    with pytest.raises(ValueError, match="ReLU"):
+        e.relu_inputs(_dec("elu", "sigmoid"), z)
+
+
+def test_route_fd_flags_a_stencil_that_crosses_a_kink():
+    """A point whose ReLU input sits within h of 0 along a coordinate is outside one linear region."""
+    dec = _dec("relu", "none", d=2, D=3, hidden=(1,))
+    with torch.no_grad():
+        W, b = dec.body[0].weight, dec.body[0].bias
+        W.copy_(torch.tensor([[1.0, 0.0]], dtype=F64))
+        b.zero_()
+    x = torch.rand(2, 3, dtype=F64)
+    z = torch.tensor([[0.5, 0.0], [3e-6, 0.2]], dtype=F64)  # the second point's stencil crosses u = z₁ = 0
+    _, inside = e.fd_hessian_in_region(dec, e.GaussianOnOutput, x, z, h=1e-5, margin=0.0)
+    assert inside.tolist() == [True, False]
+    _, inside = e.fd_hessian_in_region(dec, e.GaussianOnOutput, x[:1], z[:1], h=1e-5, margin=1.0)  # |u| = 0.5 < margin
+    assert inside.tolist() == [False]
 
 
 def test_smoke_reuses_fig3_models_and_configs_are_sane():

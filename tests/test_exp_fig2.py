@@ -220,3 +220,43 @@ def test_bad_input_types():
         f._validate(f.Config(blocks=(2,), latent_dims=(8,), betas=(0.5,), steps=1, control_posterior="diag"))
     with pytest.raises(ValueError, match="betas"):
         f._validate(f.Config(blocks=(2,), latent_dims=(8,), betas=(math.nan,), steps=1))
+
+
+# ---------------------------------------------------------------- check(): three outcomes and the precondition
+def _fake(frac_shift, residual, n=300, nan=0, seed=0):
+    """A result whose block model's off-block share is the control's + ``frac_shift`` and whose in-block residual
+    sits near ``residual`` (per-point spread 0.1 / 0.05); ``nan`` points without off-diagonal energy."""
+    from gracheck.experiments._common import ExperimentResult, config_dict
+
+    rng = np.random.default_rng(seed)
+    fc = np.clip(rng.normal(0.85, 0.1, n), 0, 1)
+    fb = np.clip(fc + frac_shift + rng.normal(0, 0.02, n), 0, 1)
+    fb[:nan] = np.nan
+    r = residual + rng.normal(0, 0.05, n)
+    cfg = f.Config(blocks=(2,), latent_dims=(8,), betas=(0.5,), steps=1, n_test=n, bootstrap=300)
+    s = {"block": 2, "d": 8, "beta": 0.5, "chance": f.chance_off_block_fraction(8, 2), "frac_block": list(fb),
+         "frac_control": list(fc), "in_block_residual": list(r), "full_residual_block": list(r + 0.1),
+         "full_residual_control": list(r + 0.2)}
+    return ExperimentResult(claim_id=f.CLAIM_ID, scale="custom", config=config_dict(cfg), seeds=[seed], device="cpu",
+                            metrics={}, figures=[], seconds=0.0, data={"settings": [s]})
+
+
+@pytest.mark.parametrize("shift, residual, outcomes", [
+    (-0.1, 0.3, ["verified", "verified", "verified"]),
+    (0.1, 0.7, ["refuted", "refuted", "verified"]),
+    (0.0, 0.5, ["inconclusive", "inconclusive", "verified"]),  # both CIs straddle their thresholds
+])
+def test_check_reads_each_statistic_in_three_outcomes(shift, residual, outcomes):
+    out = f.check(_fake(shift, residual))
+    assert [c.outcome for c in out] == outcomes, [c.reason for c in out]
+    for c in out[:2]:
+        if c.outcome == "inconclusive":
+            assert "test points" in c.reason and "--scale paper" in c.reason
+
+
+def test_too_few_finite_points_is_inconclusive_naming_the_count():
+    from gracheck.base.verdicts import combine
+
+    out = f.check(_fake(-0.1, 0.3, n=150, nan=80))
+    assert out[-1].outcome == "inconclusive" and "70 test points with a finite statistic 1" in out[-1].reason
+    assert [c.outcome for c in out[:2]] == ["verified", "verified"] and combine(c.outcome for c in out) == "inconclusive"

@@ -145,8 +145,9 @@ def test_bootstrap_separates_equal_and_shifted_distributions():
 
 
 # ---------------------------------------------------------------- decision rule on synthetic results
-def _synthetic(ratios, slopes, betas=(0.1, 0.4, 1.0), B=200, seed=0):
-    """Result data whose bootstrap replicates have known ratios (±2 %) and sharpness slopes."""
+def _synthetic(ratios, slopes, betas=(0.1, 0.4, 1.0), B=200, seed=0, runs=3, acc=0.98, gauss=1000.0):
+    """Result data whose bootstrap replicates have known ratios (±2 %) and sharpness slopes; ``runs`` runs per
+    (model, β), a feature net of accuracy ``acc`` and a pixel-Gaussian baseline at D_G = ``gauss``."""
     rng = np.random.default_rng(seed)
     per_beta = {}
     for beta, r in zip(betas, ratios):
@@ -155,11 +156,13 @@ def _synthetic(ratios, slopes, betas=(0.1, 0.4, 1.0), B=200, seed=0):
         for m, fd_b in (("beta-vae", vae), ("grae-approx", vae * r * (1 + 0.02 * rng.standard_normal(B)))):
             s = slopes[m]
             hf = 0.1 * beta ** s
-            e[m] = {"fd": float(np.median(fd_b)), "fd_boot": fd_b.tolist(), "hf": hf,
+            e[m] = {"fd": float(np.median(fd_b)), "fd_runs": [float(np.median(fd_b))] * runs, "fd_boot": fd_b.tolist(), "hf": hf,
                     "hf_boot": (hf * (1 + 0.01 * rng.standard_normal(B))).tolist(), "kid": 1.0, "kid_se": 0.1}
         per_beta[f._bkey(beta)] = e
     cfg = dataclasses.replace(f.CONFIGS["smoke"], betas=tuple(betas))
-    data = {"betas": list(betas), "seeds": [0], "per_beta": per_beta, "real": {"hf": 0.1, "fd": 1.0}}
+    data = {"betas": list(betas), "seeds": list(range(runs)), "per_beta": per_beta, "real": {"hf": 0.1, "fd": 1.0},
+            "feature_net": {"heldout_accuracy": acc, "steps": 150, "feature_hash": "ab" * 32},
+            "pixel_gaussian": {"fd": gauss, "note": "test"}, "feature_dim": 128}
     return ExperimentResult(claim_id=f.CLAIM_ID, scale="custom", config=dataclasses.asdict(cfg), seeds=[0],
                             device="cpu", metrics={"x": Metric(1.0)}, figures=[], seconds=0.0, data=data)
 
@@ -167,21 +170,60 @@ def _synthetic(ratios, slopes, betas=(0.1, 0.4, 1.0), B=200, seed=0):
 def test_check_passes_when_ratios_close_and_both_blur():
     res = _synthetic([1.0, 1.05, 0.95], {"beta-vae": -0.3, "grae-approx": -0.2})
     out = f.check(res)
-    assert len(out) == 3 + 2
+    assert len(out) == 3 + 2 + 4  # 3 ratios, 2 trends, 4 preconditions
     assert all(c.passed for c in out), [c.detail for c in out if not c.passed]
-    for c in out:
+    for c in out[:5]:
         assert c.claim_id == f.CLAIM_ID and (c.atol is not None)
         assert all(math.isfinite(v) for v in json.loads(json.dumps(c.measured, default=list)).get("ci"))
 
 
 def test_check_refutes_a_ratio_outside_the_band_and_a_flat_trend():
     out = f.check(_synthetic([1.0, 1.4, 1.0], {"beta-vae": -0.3, "grae-approx": 0.05}))
-    passed = [c.passed for c in out]
+    passed = [c.passed for c in out[:5]]
     assert passed == [True, False, True, True, False], [c.detail for c in out]
+    assert [c.outcome for c in out[:5]] == ["verified", "refuted", "verified", "verified", "refuted"]
     assert "ratio GRAE≈/β-VAE 1.4" in out[1].detail and "NOT FID" in out[1].detail
     # a ratio whose point is inside but whose CI pokes out of the band is not confirmed (equivalence test)
     out = f.check(_synthetic([1.23, 1.0, 1.0], {"beta-vae": -0.3, "grae-approx": -0.3}))
     assert not out[0].passed and out[0].measured["ci"][0] < 1.25 < out[0].measured["ci"][1]
+    assert out[0].outcome == "inconclusive" and "samples per model" in out[0].reason
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(runs=1), "1 run(s)"),
+    (dict(acc=0.6), "held-out rotation accuracy 0.600"),
+    (dict(gauss=50.0), "× the pixel-Gaussian baseline"),
+])
+def test_unmet_preconditions_make_the_claim_inconclusive_naming_the_value(change, needle):
+    from gracheck.base.verdicts import combine
+
+    out = f.check(_synthetic([1.0, 1.05, 0.95], {"beta-vae": -0.3, "grae-approx": -0.2}, **change))
+    bad = [c for c in out[5:] if c.outcome != "verified"]
+    assert len(bad) == 1 and bad[0].outcome == "inconclusive" and needle in bad[0].reason, [c.reason for c in out[5:]]
+    assert all(c.outcome == "verified" for c in out[:5]) and combine(c.outcome for c in out) == "inconclusive"
+
+
+def test_too_few_samples_for_the_feature_covariance_is_inconclusive():
+    res = _synthetic([1.0, 1.0, 1.0], {"beta-vae": -0.3, "grae-approx": -0.3})
+    res.config["n_samples"] = 100
+    bad = [c for c in f.check(res) if c.outcome == "inconclusive"]
+    assert len(bad) == 1 and "100 samples per model" in bad[0].reason and "10,000" in bad[0].reason
+
+
+def test_pixel_gaussian_samples_have_the_images_mean_and_covariance():
+    """Exact draws from N(μ, S) of the given images (checked on 4-pixel images against numpy's mean and cov),
+    clipped to [0, 1], reproducible from the seed."""
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(4, 4)) * 0.05
+    imgs = torch.tensor(0.5 + rng.normal(size=(30, 4)) @ A, dtype=torch.float32).reshape(30, 1, 2, 2)
+    g = f.pixel_gaussian_samples(imgs, 40000, seed=3)
+    assert g.shape == (40000, 1, 2, 2) and float(g.min()) >= 0 and float(g.max()) <= 1
+    X, G = imgs.reshape(30, 4).double().numpy(), g.reshape(-1, 4).double().numpy()
+    np.testing.assert_allclose(G.mean(0), X.mean(0), atol=4 * np.sqrt(np.cov(X.T).diagonal().max() / 40000))
+    np.testing.assert_allclose(np.cov(G.T), np.cov(X.T), atol=0.05 * np.abs(np.cov(X.T)).max())
+    assert torch.equal(g, f.pixel_gaussian_samples(imgs, 40000, seed=3))
+    with pytest.raises(ValueError, match="real"):
+        f.pixel_gaussian_samples(imgs[:1], 5, seed=0)
 
 
 # ---------------------------------------------------------------- configs
@@ -233,14 +275,16 @@ def test_tiny_celeba_run_end_to_end(tmp_path, monkeypatch):
     )
     with _threads(1):
         res = f.run(cfg, seed=0, device="cpu", out_dir=tmp_path / "figs")
-    assert res.claim_id == f.CLAIM_ID and res.scale == "custom" and res.seeds == [0]
+    assert res.claim_id == f.CLAIM_ID and res.scale == "custom" and res.seeds == list(range(cfg.runs))
     names = sorted(p.rsplit("/", 1)[-1] for p in res.figures)
     assert names == ["fig4_samples_beta0.1.png", "fig4_samples_beta1.png", "fig4_summary.png", "fig4_table1_samples.png"]
     for p in res.figures:
         with open(p, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     for k, m in res.metrics.items():
-        assert math.isfinite(m.value) and m.ci_low is not None and m.ci_high is not None, k
+        assert math.isfinite(m.value), k
+        if k.startswith("beta=") and k.endswith("/domain_frechet_distance"):  # bootstrapped per model
+            assert m.ci_low is not None and m.ci_high is not None and m.ci_low <= m.value <= m.ci_high, k
     for beta in ("0.1", "1"):
         for m in f.MODELS:
             assert f"beta={beta}/{m}/domain_frechet_distance" in res.metrics
@@ -251,8 +295,10 @@ def test_tiny_celeba_run_end_to_end(tmp_path, monkeypatch):
     # JSON round trip (what the cache and the report store) gives the same verdicts
     back = ExperimentResult.from_dict(json.loads(json.dumps(res.to_dict())))
     a, b = f.check(res), f.check(back)
-    assert len(a) == 4 and [c.passed for c in a] == [c.passed for c in b]
-    assert all(c.atol is not None for c in a)
+    assert len(a) == len(b) >= 4
+    assert [(c.passed, c.outcome, c.reason) for c in a] == [(c.passed, c.outcome, c.reason) for c in b]
+    # 3 steps of training cannot meet the feature net's accuracy precondition: nothing is decided
+    assert {c.outcome for c in a} <= {"verified", "inconclusive"} and any(c.outcome == "inconclusive" for c in a)
     # distances are between the models' samples and the trainer's held-out images: the point values agree
     # with the domain Fréchet distance recomputed from the stored per-run values
     for beta in ("0.1", "1"):

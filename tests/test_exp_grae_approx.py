@@ -237,8 +237,8 @@ def test_configs_are_valid_and_paper_scale_is_the_papers():
 
 
 # ---------------------------------------------------------------- the decision rule, wired end to end
-def _fake_result(shift_frac: float, fd_grae: float, tmp_path=None):
-    cfg = dataclasses.replace(g.CONFIGS["smoke"], betas=(0.5,), bootstrap=200, n_test=300)
+def _fake_result(shift_frac: float, fd_grae: float, tmp_path=None, acc=0.98, gauss=1000.0, n_min=100):
+    cfg = dataclasses.replace(g.CONFIGS["smoke"], betas=(0.5,), bootstrap=200, n_test=300, min_points=n_min)
     rng = np.random.default_rng(0)
     c = -0.5 * 784 * math.log(2 * math.pi)
     v_elbo = c - rng.uniform(15, 25, 300)
@@ -252,8 +252,8 @@ def _fake_result(shift_frac: float, fd_grae: float, tmp_path=None):
         "fd": {"beta-vae": [100.0, 95.0, 105.0], "grae-approx": [fd_grae, fd_grae * 0.95, fd_grae * 1.05],
                "ratio": [fd_grae / 100, fd_grae / 100 * 0.93, fd_grae / 100 * 1.07]},
     }
-    data = {"settings": [s], "gaussian_const": c, "fd_floor": 5.0,
-            "feature_net": {"feature_hash": "0" * 64, "heldout_accuracy": 0.98, "n_heldout": 10000}}
+    data = {"settings": [s], "gaussian_const": c, "fd_floor": 5.0, "fd_pixel_gaussian": gauss,
+            "feature_net": {"feature_hash": "0" * 64, "heldout_accuracy": acc, "n_heldout": 10000, "feature_dim": 128}}
     return ExperimentResult(claim_id=g.CLAIM_ID, scale="custom", config=config_dict(cfg), seeds=[0], device="cpu",
                             metrics={}, figures=[], seconds=0.0, data=data), cfg
 
@@ -261,7 +261,7 @@ def _fake_result(shift_frac: float, fd_grae: float, tmp_path=None):
 def test_check_passes_and_fails_by_the_rule():
     ok, _ = _fake_result(0.0, 110.0)
     res = g.check(ok)
-    assert len(res) == 3 and all(r.passed for r in res)
+    assert len(res) == 3 + 4 and all(r.passed for r in res)  # three equivalence tests + four preconditions
     bad_obj, _ = _fake_result(0.25, 110.0)  # GRAE≈ better by 25 % of the constant-free objective
     r = g.check(bad_obj)
     assert not r[0].passed and not r[1].passed and r[2].passed
@@ -269,6 +269,23 @@ def test_check_passes_and_fails_by_the_rule():
     r = g.check(bad_fd)
     assert r[0].passed and r[1].passed and not r[2].passed
     assert all(x.claim_id == g.CLAIM_ID for x in r)
+    assert [x.outcome for x in g.check(_fake_result(0.25, 110.0)[0])[:3]] == ["refuted", "refuted", "verified"]
+    straddle = g.check(_fake_result(0.0, 145.0)[0])[2]  # ratio CI 1.35–1.55 crosses the band's end 1.5
+    assert straddle.outcome == "inconclusive" and "samples per model" in straddle.reason
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(acc=0.9), "held-out accuracy 0.9000"),
+    (dict(gauss=105.0), "× the pixel-Gaussian baseline's 105"),
+    (dict(n_min=400), "300 per model"),
+])
+def test_unmet_preconditions_make_the_claim_inconclusive_naming_the_value(change, needle):
+    from gracheck.base.verdicts import combine
+
+    out = g.check(_fake_result(0.0, 110.0, **change)[0])
+    bad = [c for c in out[3:] if c.outcome != "verified"]
+    assert len(bad) == 1 and bad[0].outcome == "inconclusive" and needle in bad[0].reason, [c.reason for c in out[3:]]
+    assert all(c.outcome == "verified" for c in out[:3]) and combine(c.outcome for c in out) == "inconclusive"
 
 
 def test_figure_draws(tmp_path):

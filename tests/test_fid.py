@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gracheck import fid
+from gracheck.fid import distance as fdist
 from gracheck.fid import (
     DomainFeatureNet,
     InceptionV3Features,
@@ -128,21 +129,177 @@ def _nuclear_route(X1: np.ndarray, X2: np.ndarray) -> float:
     return float(dmu @ dmu + (A1**2).sum() + (A2**2).sum() - 2 * nuc)
 
 
-@pytest.mark.parametrize("n1, n2, f", [(20, 30, 64), (10, 10, 40), (200, 150, 16)])
-def test_fd_rank_deficient_matches_nuclear_norm(n1, n2, f):
-    # N ≤ F makes both covariances singular. Reference: the nuclear-norm route (SVD, no square
-    # roots of eigenvalues). Our route takes √ of ~F eigenvalues that are 0 up to ε‖M‖, each
-    # therefore uncertain by √(ε‖M‖); tolerance 4·F·√(ε·‖C1‖‖C2‖) (see frechet_distance_details).
+@pytest.mark.parametrize("n1, n2, f, route", [
+    (20, 30, 64, "eigh"), (10, 10, 40, "eigh"), (200, 150, 16, "cholesky-both"),
+    (20, 300, 64, "cholesky-one"), (300, 20, 64, "cholesky-one"),
+])
+def test_fd_rank_deficient_matches_nuclear_norm(n1, n2, f, route):
+    # N ≤ F makes a covariance singular (both in the "eigh" cases, one in "cholesky-one").
+    # Reference: the nuclear-norm route of the features (SVD, no square roots of eigenvalues).
+    # Our routes take √ of up to F eigenvalues that are 0 up to ε‖M‖, each therefore uncertain
+    # by √(ε‖M‖); tolerance 4·F·√(ε·‖C1‖‖C2‖) (see frechet_distance_details).
     rng = _rng(7)
     X1 = rng.normal(size=(n1, f)) @ rng.normal(size=(f, f)) / math.sqrt(f)
     X2 = rng.normal(size=(n2, f)) + 0.3
     det = frechet_distance_details(*fit_gaussian(X1), *fit_gaussian(X2))
+    assert det.route == route
     want = _nuclear_route(X1, X2)
     c1, c2 = np.cov(X1, rowvar=False), np.cov(X2, rowvar=False)
     atol = 4 * f * math.sqrt(EPS * np.linalg.norm(c1, 2) * np.linalg.norm(c2, 2))
     assert abs(det.value - want) <= atol, (det.value, want, atol)
     assert det.max_clamped_rel <= det.rtol  # anything clamped was rounding-sized
     assert frechet_distance_from_features(X1, X2) == det.value
+
+
+def _mp_trace_sqrt(C1: np.ndarray, C2: np.ndarray, dps: int = 60) -> float:
+    """tr (C1^{1/2} C2 C1^{1/2})^{1/2} of the float64 matrices, evaluated in mpmath at ``dps`` digits.
+
+    Jacobi eigendecompositions (mpmath.eigsy) at 60 digits: rounding inside is ~1e-60, so the
+    only differences from the exact value of these float64 inputs are ours. Eigenvalues of C1
+    and of the product that the float64 input leaves slightly negative are set to 0 (an exactly
+    singular PSD matrix rounded to float64 can be indefinite by ~ε‖C‖).
+    """
+    import mpmath
+
+    with mpmath.workdps(dps):
+        A, B = mpmath.matrix(C1.tolist()), mpmath.matrix(C2.tolist())
+        w, V = mpmath.eigsy(A)
+        S = V * mpmath.diag([mpmath.sqrt(max(x, 0)) for x in w]) * V.T
+        m, _ = mpmath.eigsy(S * B * S)
+        return float(sum(mpmath.sqrt(max(x, 0)) for x in m))
+
+
+def _graded_spd(rng: np.random.Generator, n: int, cond: float) -> np.ndarray:
+    """Q diag(λ) Qᵀ with λ log-spaced from 1 down to 1/cond, Q random orthogonal, symmetrised."""
+    Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    C = (Q * np.logspace(0, -math.log10(cond), n)) @ Q.T
+    return 0.5 * (C + C.T)
+
+
+def _low_rank_plus_ridge(rng: np.random.Generator, n: int, rank: int, ridge: float, shift: float) -> np.ndarray:
+    """A Aᵀ/rank + ridge·I, A [n, rank] Gaussian (+ shift): a regularised rank-deficient covariance."""
+    A = rng.normal(size=(n, rank)) + shift
+    C = A @ A.T / rank + ridge * np.eye(n)
+    return 0.5 * (C + C.T)
+
+
+# Positive definite pairs, well conditioned to nearly singular, for the default route. Measured
+# worst relative error of its trace term over the seeds below (against the 60-digit value):
+# graded spectra 1.7e-12 (cond 1e12), 1.2e-12 (1e14), ≤ 4.6e-14 at cond ≤ 1e8; low rank + ridge
+# ≤ 2.3e-14. The eigh route on the same inputs: up to 1.3e-8 (graded) and 1.7e-8 (ridge).
+_PD_CASES = [("graded", c) for c in (1e0, 1e4, 1e8, 1e12, 1e14)] + [
+    ("ridge", (rank, ridge)) for rank in (4, 12) for ridge in (1e-6, 1e-10, 1e-13)]
+
+
+@pytest.mark.parametrize("kind, param", _PD_CASES)
+def test_fd_cholesky_route_matches_mpmath_near_singular(kind, param):
+    # Positive definite but nearly singular: the default route is "cholesky-both". Reference: the
+    # 60-digit evaluation of the same float64 matrices (a different computation: Jacobi
+    # eigendecompositions and square roots in high precision). Tolerance 1e-10 relative on the
+    # trace term: ~60× the measured worst (1.7e-12, above) for other BLAS/LAPACK builds, and
+    # ≥ 10× below the eigh route's errors in the nearly singular cases, which would fail. The
+    # raw value tr C1 + tr C2 − 2·tr_sqrt carries twice that absolute error. The eigh route (the
+    # fallback) is checked too, with the tolerance its accuracy statement allows: square roots of
+    # eigenvalues known to ±ε‖C1‖ give up to ~1e-8 relative; allowed 1e-6.
+    rng = _rng(40)
+    n = 10 if kind == "graded" else 16
+    for _ in range(3):
+        if kind == "graded":
+            C1, C2 = _graded_spd(rng, n, param), _graded_spd(rng, n, param)
+        else:
+            C1, C2 = _low_rank_plus_ridge(rng, n, *param, 0.0), _low_rank_plus_ridge(rng, n, *param, 0.3)
+        want = _mp_trace_sqrt(C1, C2)
+        det = frechet_distance_details(np.zeros(n), C1, np.zeros(n), C2)
+        assert det.route == "cholesky-both" and det.max_clamped_rel <= det.rtol
+        assert abs(det.tr_sqrt - want) <= 1e-10 * want, (det.tr_sqrt, want)
+        assert abs(det.raw_value - (np.trace(C1) + np.trace(C2) - 2 * want)) <= 2e-10 * want
+        old, _, _ = fdist.trace_sqrt_eigh(torch.tensor(C1), torch.tensor(C2), det.rtol)
+        assert abs(old - want) <= 1e-6 * want, (old, want)
+
+
+@pytest.mark.parametrize("singular", ["cov1", "cov2"])
+def test_fd_one_singular_matches_mpmath(singular):
+    # One covariance fitted from N < F samples (singular, Cholesky fails), the other PD: route
+    # "cholesky-one" with the factor of the PD one. Reference: 60-digit evaluation. The
+    # singular one's ~F − N + 1 zero eigenvalues are known only to ±ε‖C‖, so the trace term is
+    # uncertain by up to F·√(ε‖C1‖‖C2‖) in any route; tolerance 4·F·√(ε‖C1‖‖C2‖) as in the
+    # rank-deficient test (measured: at most 0.023 of it, ≈ 1e-8 relative; the eigh route's
+    # errors on the same inputs are of the same size).
+    rng = _rng(41)
+    f = 12
+    for _ in range(3):
+        Xs = rng.normal(size=(6, f)) @ rng.normal(size=(f, f))
+        Cs = np.cov(Xs, rowvar=False)
+        Cp = _spd(rng, f, floor=1e-2)
+        C1, C2 = (Cs, Cp) if singular == "cov1" else (Cp, Cs)
+        det = frechet_distance_details(np.zeros(f), C1, np.zeros(f), C2)
+        assert det.route == "cholesky-one"
+        assert det.max_clamped_rel <= det.rtol
+        want = _mp_trace_sqrt(C1, C2)
+        atol = 4 * f * math.sqrt(EPS * np.linalg.norm(C1, 2) * np.linalg.norm(C2, 2))
+        assert abs(det.tr_sqrt - want) <= atol, (det.tr_sqrt, want, atol)
+
+
+def test_fd_routes_agree_at_width():
+    # F = 256, N = 2F rows (full rank, like the d = 2048 benchmark at a unit-test size): the
+    # default "cholesky-both" route against the nuclear norm of the *features* (SVD of A2ᵀA1, no
+    # covariance factorisation) and against the eigh fallback. All are accurate to ~cond·ε on
+    # these well-conditioned fits (cond ≈ 40); tolerance 1e-11 relative on the trace term and
+    # 1e-11·(tr C1 + tr C2) absolute on the value (the subtraction's rounding scale).
+    rng = _rng(42)
+    f, n = 256, 512
+    X1 = np.maximum(rng.normal(size=(n, f)) @ rng.normal(size=(f, f)) / math.sqrt(f), 0.0)
+    X2 = np.maximum(rng.normal(size=(n, f)) @ rng.normal(size=(f, f)) / math.sqrt(f) + 0.1, 0.0)
+    mu1, c1 = fit_gaussian(X1)
+    mu2, c2 = fit_gaussian(X2)
+    det = frechet_distance_details(mu1, c1, mu2, c2)
+    assert det.route == "cholesky-both"
+    want = _nuclear_route(X1, X2)
+    assert abs(det.value - want) <= 1e-11 * (det.tr_cov1 + det.tr_cov2), (det.value, want)
+    old, n_clamped, _ = fdist.trace_sqrt_eigh(c1, c2, det.rtol)
+    assert n_clamped == 0
+    assert abs(det.tr_sqrt - old) <= 1e-11 * old
+
+
+def test_fd_psd_validation_with_cholesky():
+    # The Cholesky routes validate by completion: a factorisation that completes proves
+    # λ_min ≥ −c_F‖C‖ (Higham Thm 10.3), c_F ≪ rtol. So negative eigenvalues beyond rtol must be
+    # refused (naming the argument) whichever route runs, and ones within rtol accepted.
+    rng = _rng(43)
+    f = 40
+    assert 4.6e-10 < fdist._cholesky_psd_bound(2048) < 4.8e-10  # nγ_{n+1}/(1 − nγ_{n+1}), u = 2⁻⁵³
+    Q, _ = np.linalg.qr(rng.normal(size=(f, f)))
+    P = _spd(rng, f)
+    for lam_min, ok in ((-3e-6, False), (-2e-7, True)):  # relative to the largest eigenvalue 1
+        C = (Q * np.r_[np.linspace(1.0, 0.1, f - 1), lam_min]) @ Q.T
+        C = 0.5 * (C + C.T)
+        for args, name in (((C, P), "cov1"), ((P, C), "cov2")):
+            mu = np.zeros(f)
+            if ok:
+                det = frechet_distance_details(mu, args[0], mu, args[1])
+                assert det.route == "cholesky-one" and det.max_clamped_rel <= det.rtol
+            else:
+                with pytest.raises(ValueError, match=f"{name}: not positive semi-definite"):
+                    frechet_distance(mu, args[0], mu, args[1])
+    # Below 2c_F the completion alone proves nothing at that rtol: the eigenvalues are checked
+    # too. A matrix whose factorisation completes although its computed smallest eigenvalue is
+    # negative (rounding-sized) is refused at such an rtol and accepted at the default one.
+    found = 0
+    for seed in range(200):
+        r = _rng(1000 + seed)
+        Q3, _ = np.linalg.qr(r.normal(size=(3, 3)))
+        C = (Q3 * np.array([1.0, 0.5, 1e-16])) @ Q3.T
+        C = 0.5 * (C + C.T)
+        w = np.linalg.eigvalsh(C)
+        if int(torch.linalg.cholesky_ex(torch.tensor(C))[1]) == 0 and w[0] < -1e-17:
+            found += 1
+            tiny = float(-w[0] / w[-1]) / 10  # stricter than this matrix's own negativity
+            assert tiny < 2 * fdist._cholesky_psd_bound(3)
+            with pytest.raises(ValueError, match="cov1: not positive semi-definite"):
+                frechet_distance(np.zeros(3), C, np.zeros(3), np.eye(3), rtol=tiny)
+            assert frechet_distance_details(np.zeros(3), C, np.zeros(3), np.eye(3)).route == "cholesky-both"
+            break
+    assert found, "no seed gave a Cholesky-complete matrix with a negative computed eigenvalue"
 
 
 def test_fd_symmetric():
@@ -216,8 +373,16 @@ def test_fd_clamping_is_reported_and_bounded():
     C1 = (Q * lam) @ Q.T
     C2 = _spd(rng, f)
     det = frechet_distance_details(np.zeros(f), C1, np.zeros(f), C2)
-    assert det.n_clamped >= 1
-    assert 1e-12 <= det.max_clamped_rel <= 1e-9  # 1e-10 / 3 ≈ 3.3e-11, plus rounding
+    # Route "cholesky-one" (C2 is PD): the negative eigenvalue reaches M = L2ᵀC1L2 as θ·(−1e-10),
+    # θ ∈ [λ_min(C2), ‖C2‖] ⊂ [0.1, tr C2] (Ostrowski), and is counted against tr(C2)·‖C1‖ ≈ 20:
+    # between ~5e-13 and 3.3e-11 (measured 3.5e-12).
+    assert det.route == "cholesky-one" and det.n_clamped >= 1
+    assert 1e-13 <= det.max_clamped_rel <= 1e-9
+    # Both singular (C2 of rank 3): route "eigh" clamps C1's own eigenvalue, 1e-10 / 3 ≈ 3.3e-11.
+    B = rng.normal(size=(f, 3))
+    det2 = frechet_distance_details(np.zeros(f), C1, np.zeros(f), B @ B.T)
+    assert det2.route == "eigh" and det2.n_clamped >= 1
+    assert 1e-11 <= det2.max_clamped_rel <= 1e-9
     # the same distance as with the clamped matrix itself. Tolerance: the two zero eigenvalues of
     # C1 are known to ±ε‖C1‖ in either matrix and enter through square roots, so each contributes
     # up to √(ε‖C1‖‖C2‖) to the trace term: 4·F·√(ε‖C1‖‖C2‖) as in the rank-deficient test.

@@ -153,7 +153,7 @@ def fakes(monkeypatch, tmp_path):
         raise RuntimeError("boom in the check")
 
     c = reg("test-fake-candidate", source="Eq. T4", statement="square(x) = x².", kind="derivation",
-            takes_candidate=True)
+            takes_candidate=True, candidate_signature="candidate(x) -> x²")
 
     @c.method("autograd")
     def _(*, seed, candidate):
@@ -369,7 +369,7 @@ def test_terminal_progress_overwrites_the_running_line():
     from gracheck.report._run import _TerminalSink
 
     buf = io.StringIO()
-    sink = _TerminalSink(buf)
+    sink = _TerminalSink(buf, live=True)
     sink.begin("[1/2] a ... running symbolic")
     sink("[1/2] a ... verified (0.1 s, total 0.1 s)")
     sink("[2/2] b ... skipped (0.0 s, total 0.1 s)")
@@ -486,6 +486,51 @@ def test_cli_exit_codes_and_summary(fakes, tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert main(["--out", str(tmp_path / "afile"), "--only", "test-fake-pass", "--device", "cpu"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+_CLAIM_LINE = r"\[(\d+)/(\d+)\] (\S+) \.\.\. (verified|erratum-confirmed|refuted|inconclusive|failed|skipped) " \
+              r"\(\d+\.\d s, total \d+\.\d s\)"
+
+
+def test_cli_progress_on_a_pipe_one_line_per_claim(tmp_path):
+    """Issue 18 item 5: with stderr not a terminal (CI logs, pipes, nohup) the report printed nothing for
+    minutes. Now each claim gets one flushed line as it finishes (index, id, status, seconds), with no
+    terminal control characters; --quiet prints none."""
+    ids = ["erratum-sec7-fid-beta-qualifier", "sec5.1-observation-hessians"]
+    known = {c.id for c in _registry.registry()}
+    if not set(ids) <= known:
+        pytest.skip(f"{ids} are not registered")
+    env = {**__import__("os").environ, "GRACHECK_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "gracheck.report", "--out", str(tmp_path / "r"), "--only", *ids,
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "\033" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    got = [re.fullmatch(_CLAIM_LINE, ln) for ln in lines]
+    assert all(got) and len(got) == 2, lines
+    order = [c.id for c in _registry.registry() if c.id in ids]  # the report runs claims in registry order
+    status = {"erratum-sec7-fid-beta-qualifier": "erratum-confirmed", "sec5.1-observation-hessians": "verified"}
+    assert [(m.group(1), m.group(2), m.group(3), m.group(4)) for m in got] == [
+        (str(i), "2", cid, status[cid]) for i, cid in enumerate(order, 1)]
+    assert "2 claims: 1 verified, 1 erratum-confirmed" in proc.stdout
+
+
+def test_cli_progress_off_a_terminal_and_quiet(fakes, tmp_path, capsys):
+    """In-process (capsys' stderr is not a terminal): one line per claim as it finishes, the experiment's own
+    lines in between (what it is training), none of the live display's carriage returns; --quiet: nothing."""
+    args = ["--only", "test-fake-pass", "test-fake-experiment", "--device", "cpu"]
+    assert main(["--out", str(tmp_path / "a"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\033" not in err
+    lines = err.splitlines()
+    assert re.fullmatch(_CLAIM_LINE, lines[0]) and lines[0].startswith("[1/2] test-fake-pass ... verified")
+    assert lines[1] == "[2/2] test-fake-experiment ... running its experiment at smoke scale on cpu"
+    assert re.fullmatch(r" +\d+\.\d s  fake training done", lines[2]), lines
+    assert re.fullmatch(_CLAIM_LINE, lines[3]) and lines[3].startswith("[2/2] test-fake-experiment ... verified")
+    assert len(lines) == 4
+    assert main(["--out", str(tmp_path / "b"), *args, "--quiet", "--no-cache"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and "2 claims: 2 verified" in cap.out
 
 
 def test_python_m_entry_point_bad_usage(tmp_path):

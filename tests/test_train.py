@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_short_cpu_run_improves_objective(tmp_path):
     for r in rows:  # every term is logged and the identity objective = log_px − β·kl holds
         assert r["objective"] == pytest.approx(r["log_px"] - cfg.beta * r["kl"], rel=1e-5, abs=1e-3)
     assert res.eval_metrics["objective"] == pytest.approx(ev[1]["objective"])
+    # result.json names the data folder and every file read with the md5 its loader verified (issue 17 item 4)
+    from gracheck.data import mnist
+
+    data = json.loads((tmp_path / "run" / "result.json").read_text())["data"]
+    folder = mnist.find_mnist("train")
+    assert data["folders"] == {str(folder): data["folders"][str(folder)]} and data["folders"][str(folder)]
+    assert {Path(k).name: v["md5"] for k, v in data["files"].items()} == mnist.MD5
+    assert res.data == data
 
 
 # --------------------------------------------------------------------------- CLI
@@ -696,3 +705,54 @@ def test_slim_checkpoint_keeps_weights_and_refuses_extension(tmp_path):
     assert slim_checkpoint(out) == path  # idempotent
     with pytest.raises(FileNotFoundError, match="out_dir"):
         slim_checkpoint(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- progress (issue 18 item 5)
+
+_PROGRESS_ARGS = ["--dataset", "mnist", "--arch", "mlp", "--hidden", "16", "--latent-dim", "2", "--eval-size", "8",
+                  "--train-limit", "256", "--batch-size", "16", "--num-threads", "1", "--eval-every", "0",
+                  "--checkpoint-every", "0"]
+_LINE = r"gracheck\.train beta-vae mnist: step (\d+)/(\d+) \(\d+%\), loss (\S+), \S+ steps/s, (\d+|inf) s left"
+
+
+def test_progress_lines_on_a_pipe_and_none_with_quiet(tmp_path, capsys, monkeypatch):
+    """`python -m gracheck.train` printed nothing but a tqdm bar, useless in a log. With stderr a pipe it
+    prints one flushed line per tenth of the run (step, loss as logged, steps/s, time left), no carriage
+    returns; --quiet prints none (the summary on stdout stays); a line also comes whenever
+    PROGRESS_SECONDS passed since the last one."""
+    import gracheck.train as gtrain
+
+    p = subprocess.run([sys.executable, "-m", "gracheck.train", *_PROGRESS_ARGS, "--steps", "20", "--out",
+                        str(tmp_path / "a")], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0] == "gracheck.train beta-vae mnist: starting step 0 of 20" and "\r" not in p.stderr
+    got = [re.fullmatch(_LINE, ln) for ln in lines[1:]]
+    assert all(got), lines
+    assert [int(m.group(1)) for m in got] == list(range(2, 21, 2))
+    logged = {r["step"]: r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl")}
+    assert all(m.group(3) == f"{logged[int(m.group(1))]:.6g}" for m in got)
+
+    assert main([*_PROGRESS_ARGS, "--steps", "4", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and json.loads(cap.out)["step"] == 4
+    monkeypatch.setattr(gtrain, "PROGRESS_SECONDS", 0.0)  # every step is "a minute later"
+    assert main([*_PROGRESS_ARGS, "--steps", "4", "--out", str(tmp_path / "b"), "--resume", "--steps", "7"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "gracheck.train beta-vae mnist: resuming at step 4 of 7"
+    assert [int(re.fullmatch(_LINE, ln).group(1)) for ln in err[1:]] == [5, 6, 7]
+
+
+def test_cached_model_training_says_when_it_starts_and_ends(tmp_path, monkeypatch):
+    """The report's experiments say, off a terminal, when each model starts and finishes training: the model
+    cache (experiments._zoo.trained) sends one line each to ``say``; a model loaded from the cache says nothing."""
+    from gracheck.experiments._zoo import train_config, trained
+
+    monkeypatch.setenv("GRACHECK_CACHE", str(tmp_path / "cache"))
+    cfg = train_config(**{**FAST, "train_limit": 256, "eval_size": 8, "steps": 3})
+    lines: list[str] = []
+    trained(cfg, say=lines.append)
+    assert len(lines) == 2 and lines[0].startswith("training beta-vae on mnist, β=0.5, d=4, seed 3: 3 steps")
+    assert re.fullmatch(r"trained beta-vae on mnist, β=0\.5, d=4, seed 3 in \d+\.\d s", lines[1]), lines
+    trained(cfg, say=lines.append)
+    assert len(lines) == 2

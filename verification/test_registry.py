@@ -6,7 +6,7 @@
   method it lists has a check implemented;
 * every derivation is checked by at least two methods (none of them "empirical"); every erratum
   states its corrected form; every empirical claim has exactly the "empirical" method;
-* exactly the three claims of DESIGN.md take a candidate implementation;
+* exactly the claims of CANDIDATE_CLAIMS take a candidate implementation, and state its signature;
 * the empirical claims run (marked ``empirical``; they skip with a reason until their experiment exists).
 """
 
@@ -49,8 +49,15 @@ ADDED_IDS = {
     "appC-shared-covariance-rotation": "derivation",
     "thm1-strict-inequality": "derivation",
     "sec3-outside-family-strict": "derivation",
+    # issue 16: statements that an implementation can be checked against and no claim stated (Eq. 2, Eq. 7, J itself)
+    "eq2-beta-vae-objective": "derivation",
+    "eq5-decoder-jacobian": "derivation",
+    "eq7-taylor-objective": "derivation",
 }
-CANDIDATE_CLAIMS = {"eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap"}
+# The pure formulas of DESIGN.md, and (issue 16) the model-level objectives and the Jacobian engine.
+CANDIDATE_CLAIMS = {"eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap", "eq2-beta-vae-objective",
+                    "eq5-decoder-jacobian", "eq7-taylor-objective", "eq12-general-grae", "eq13-gaussian-grae",
+                    "eq14-column-estimator-unbiased"}
 
 
 def _design_md() -> Path | None:
@@ -120,6 +127,7 @@ def test_claim_contract(claim_id):
     assert set(c.methods) <= set(METHODS), f"{claim_id}: unknown methods {set(c.methods) - set(METHODS)}"
     assert set(c.methods) == set(c.checks), f"{claim_id}: methods declared without a check: {set(c.methods) - set(c.checks)}"
     assert c.takes_candidate == (claim_id in CANDIDATE_CLAIMS), f"{claim_id}: takes_candidate={c.takes_candidate}"
+    assert bool(c.candidate_signature.strip()) == c.takes_candidate, f"{claim_id}: candidate_signature"
     if c.kind == "derivation":
         assert len(c.methods) >= 2, f"{claim_id}: a derivation needs at least two independent methods, has {c.methods}"
         assert "empirical" not in c.methods

@@ -55,7 +55,8 @@ EXPECTED_METHODS = {
     "erratum-sec5.2-fixed-covariance": ("closed-form", "autograd"),
     "erratum-sec7-relu-eq6-exact": ("autograd", "symbolic"),
 }
-CANDIDATE_CLAIMS = ("eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap")
+CANDIDATE_CLAIMS = ("eq9-optimal-covariance", "eq14-hadamard-bound", "sec7-taylor-gap", "eq12-general-grae",
+                    "eq13-gaussian-grae", "eq14-column-estimator-unbiased")  # (and issue 16's new claims: test_model_candidates.py)
 
 CASES = [pytest.param(cid, m, id=f"{cid}[{m}]") for cid, ms in EXPECTED_METHODS.items() for m in ms]
 

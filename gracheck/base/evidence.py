@@ -11,12 +11,18 @@ A module states its claims with :func:`claim` and :meth:`Claim.method`; the regi
 and the experiment modules::
 
     c = claim("eq9-optimal-covariance", source="Eq. 9", kind="derivation",
-              statement="...", takes_candidate=True)
+              statement="...", takes_candidate=True, candidate_signature="candidate(H, beta) -> Sigma ...")
 
     @c.method("symbolic")
     def _eq9_symbolic(*, seed, candidate):
         ...
         return [result(...)]
+
+A claim that takes a candidate implementation (``takes_candidate=True``) states the candidate's calling
+convention in ``candidate_signature``; ``check(candidate=fn)`` then tests ``fn`` instead of the library.
+
+Citing a claim: its id (stable, never reused) and :func:`statement_hash` (which changes whenever the wording
+that was checked changes); see that function for the exact definition.
 
 A check that cannot run (an optional file that is absent) raises :class:`CheckSkipped`
 with the reason; it is reported as skipped, never as passed. An empirical check's results
@@ -32,7 +38,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -112,18 +120,11 @@ class CheckResult:
         return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def failure_message(self) -> str:
-        tol = []
-        if self.atol is not None:
-            tol.append(f"atol={self.atol:.3g}")
-        if self.rtol is not None:
-            tol.append(f"rtol={self.rtol:.3g}")
-        tol_s = ", ".join(tol) if tol else "no tolerance"
-        err = []
-        if self.abs_err is not None:
-            err.append(f"abs_err={self.abs_err:.3g}")
-        if self.rel_err is not None:
-            err.append(f"rel_err={self.rel_err:.3g}")
-        err_s = ", ".join(err) if err else "no error measure"
+        def pairs(*named: tuple[str, float | None]) -> str:
+            return ", ".join(f"{k}={v:.3g}" for k, v in named if v is not None)
+
+        tol_s = pairs(("atol", self.atol), ("rtol", self.rtol)) or "no tolerance"
+        err_s = pairs(("abs_err", self.abs_err), ("rel_err", self.rel_err)) or "no error measure"
         verdict = "failed" if self.outcome is None else f"is {self.outcome} ({self.reason})"
         return (
             f"claim {self.claim_id} ({self.source}) {verdict} by method {self.method!r}: "
@@ -159,6 +160,43 @@ class FigureSection:
     shows: str
 
 
+# The version of the statement-hash definition below; it is hashed with the fields, so a change of definition
+# changes every hash at once (and is announced by this string) instead of silently re-meaning old ones.
+STATEMENT_HASH_SCHEME = "gracheck-statement-hash/1"
+STATEMENT_HASH_DIGITS = 16
+
+
+def _canonical_text(s: str) -> str:
+    """NFC-normalised, every run of whitespace one space, no leading/trailing space."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", s)).strip()
+
+
+def statement_hash(id: str, kind: str, source: str, statement: str, corrected: str = "") -> str:
+    """The content hash of a claim's statement: what a citation pins besides the id and the package version.
+
+    Definition (``gracheck-statement-hash/1``):
+
+    1. each of ``id``, ``kind``, ``source``, ``statement`` and ``corrected`` (the corrected statement of an
+       erratum; the empty string for every other kind) is normalised: Unicode NFC, every run of whitespace
+       (spaces, tabs, line breaks) replaced by one space, leading and trailing whitespace removed;
+    2. the JSON array ``["gracheck-statement-hash/1", id, kind, source, statement, corrected]`` of those strings
+       is serialised compactly: no whitespace between items (separators ``,`` and ``:``), non-ASCII characters
+       written as themselves (not ``\\u`` escapes), and encoded as UTF-8;
+    3. the hash is the first 16 hexadecimal digits (lower case, 64 bits) of the SHA-256 of those bytes.
+
+    So rewording the statement (or the correction, the paper source or the kind) changes the hash; reflowing
+    its whitespace does not; and the checks, methods, tolerances and candidate signature are not part of it
+    (they are pinned by the package version). ``source`` is included because it says where in the paper the
+    statement is: pointing it at another equation changes what is cited.
+    """
+    for name, v in (("id", id), ("kind", kind), ("source", source), ("statement", statement), ("corrected", corrected)):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}: expected a str, got {type(v).__name__}")
+    fields = [STATEMENT_HASH_SCHEME] + [_canonical_text(v) for v in (id, kind, source, statement, corrected)]
+    blob = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:STATEMENT_HASH_DIGITS]
+
+
 @dataclasses.dataclass
 class Claim:
     """One citable statement of the paper, with its checks.
@@ -167,8 +205,9 @@ class Claim:
     (one sentence a reader can check against the paper), ``kind``
     ("derivation" | "erratum" | "empirical"), ``methods`` (the methods it is
     checked by), ``takes_candidate`` (whether ``check(candidate=...)`` swaps in an
-    implementation under test), ``corrected`` (for an erratum: the corrected
-    statement), ``figure`` (for an empirical claim: its section of the report).
+    implementation under test), ``candidate_signature`` (its calling convention, when it takes one),
+    ``corrected`` (for an erratum: the corrected statement), ``figure`` (for an empirical claim: its
+    section of the report).
     """
 
     id: str
@@ -177,6 +216,7 @@ class Claim:
     kind: str
     takes_candidate: bool = False
     corrected: str = ""
+    candidate_signature: str = ""
     figure: FigureSection | None = None
     _checks: dict[str, CheckFn] = dataclasses.field(default_factory=dict, repr=False)
     _declared_methods: tuple[str, ...] = dataclasses.field(default=(), repr=False)
@@ -193,10 +233,9 @@ class Claim:
 
     @property
     def statement_hash(self) -> str:
-        """First 16 hex digits of the SHA-256 of (id, kind, source, statement, corrected): cite it with the
-        id to pin the exact wording that was checked."""
-        blob = json.dumps([self.id, self.kind, self.source, self.statement, self.corrected], ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """:func:`statement_hash` of (id, kind, source, statement, corrected): cite it with the id and the package
+        version to pin the exact wording that was checked."""
+        return statement_hash(self.id, self.kind, self.source, self.statement, self.corrected)
 
     def method(self, name: str) -> Callable[[CheckFn], CheckFn]:
         """Decorator registering ``fn(*, seed, candidate, **kw)`` as the check for ``name``."""
@@ -277,22 +316,29 @@ def claim(
     statement: str,
     kind: str,
     takes_candidate: bool = False,
+    candidate_signature: str = "",
     corrected: str = "",
     methods: Iterable[str] = (),
     figure: FigureSection | None = None,
 ) -> Claim:
     """State a claim (the registry collects it from its module). ``methods`` declares methods for claims
-    without checks yet; ``figure`` gives an empirical claim's report section."""
+    without checks yet; ``figure`` gives an empirical claim's report section; a claim that takes a
+    candidate states its calling convention in ``candidate_signature`` (and only such a claim has one)."""
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     if not isinstance(id, str) or not id:
         raise ValueError(f"id: expected a non-empty string, got {id!r}")
+    if takes_candidate and not candidate_signature.strip():
+        raise ValueError(f"candidate_signature: claim {id} takes a candidate, so it must state the candidate's signature")
+    if candidate_signature and not takes_candidate:
+        raise ValueError(f"candidate_signature: claim {id} does not take a candidate (takes_candidate=False)")
     return Claim(
         id=id,
         source=source,
         statement=statement,
         kind=kind,
         takes_candidate=takes_candidate,
+        candidate_signature=candidate_signature,
         corrected=corrected,
         figure=figure,
         _declared_methods=tuple(methods),

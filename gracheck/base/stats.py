@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from gracheck.base.validate import check_positive_int
+
 
 def _check_level(level: float) -> float:
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
@@ -60,8 +62,7 @@ def bootstrap_ci(
     for i, a in enumerate(arrs[1:], 1):
         if a.ndim == 0 or a.shape[0] != n:
             raise ValueError(f"samples: array {i} has shape {a.shape}, expected {n} rows like array 0")
-    if isinstance(B, bool) or not isinstance(B, int) or B < 1:
-        raise ValueError(f"B: expected a positive int, got {B!r}")
+    check_positive_int("B", B)
     _check_level(level)
     point = float(statistic(*arrs))
     idx = rng.integers(0, n, (B, n))
@@ -99,16 +100,14 @@ def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
     The probabilists' Gauss–Hermite rule (weight e^{−x²/2}) normalised by √(2π): exact for
     polynomials of degree ≤ 2n − 1. For u ~ N(m, v): E g(u) ≈ Σ wᵢ g(m + √v xᵢ).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
+    check_positive_int("n", n)
     x, w = np.polynomial.hermite_e.hermegauss(n)
     return x, w / math.sqrt(2.0 * math.pi)
 
 
 def gauss_hermite_grid(n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     """Tensor-product rule for N(0, I_d): nodes ``[n^d, d]`` and weights ``[n^d]`` (Σ w = 1)."""
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"d: expected a positive int, got {d!r}")
+    check_positive_int("d", d)
     x, w = gauss_hermite(n)
     nodes = np.stack([g.reshape(-1) for g in np.meshgrid(*([x] * d), indexing="ij")], -1)
     weights = np.prod(np.stack([g.reshape(-1) for g in np.meshgrid(*([w] * d), indexing="ij")], -1), -1)

@@ -25,6 +25,8 @@ import dataclasses
 import math
 from collections.abc import Iterable
 
+from gracheck.base.validate import check_positive_int
+
 OUTCOMES = ("verified", "refuted", "inconclusive")
 
 
@@ -150,8 +152,7 @@ def what_would_decide(
     """
     if low is None and high is None:
         raise ValueError("low, high: give at least one end of the margin")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
+    check_positive_int("n", n)
     lo, hi = _check_ci(ci)
     e = float(estimate)
     if not all(math.isfinite(v) for v in (lo, hi, e)):

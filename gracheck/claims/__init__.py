@@ -1,8 +1,9 @@
 """The claims of Kumar & Poole (2020) as a registry of named, checkable claims.
 
 ``registry()`` lists every claim; ``get(id).check()`` runs its checks and returns
-:class:`CheckResult` evidence. The ids are stable: cite them (``python -m gracheck.report --list``
-prints every id with its kind and paper source).
+:class:`CheckResult` evidence. The ids are stable: cite them with the statement hash
+(``python -m gracheck.report --list [--json]`` prints every id with its kind, paper source, statement and
+hash). :mod:`gracheck.claims.ids` is the ledger of published and retired ids; a retired id is never reused.
 
 The registry owns no claim. It imports the modules that state them, in the paper's order, and
 collects every module-level :class:`Claim`: the derivation and erratum families of
@@ -18,11 +19,16 @@ import difflib
 import importlib
 
 from gracheck.base.evidence import KINDS, CheckResult, CheckSkipped, Claim, ClaimFailed
+from gracheck.claims.ids import PUBLISHED, RETIRED, Retired
 
-__all__ = ["CheckResult", "CheckSkipped", "Claim", "ClaimFailed", "get", "register", "registry", "unregister"]
+__all__ = [
+    "PUBLISHED", "RETIRED", "CheckResult", "CheckSkipped", "Claim", "ClaimFailed", "Retired", "get", "register",
+    "registry", "unregister",
+]
 
 # The modules that state claims, in paper order (a table of modules, not of claims).
 MODULES: tuple[str, ...] = (
+    "gracheck.theory.sec2_objective",  # Eq. 2 (the β-VAE objective as an implementation under test)
     "gracheck.theory.sec3_uniqueness",  # Eq. 1, Thm 1/Eq. 15, Sec. 3.1, App. A (+ App. A errata)
     "gracheck.theory.sec4_taylor",  # Eq. 3-11 (+ Sec. 7 decoder-variance erratum)
     "gracheck.theory.sec5_grae",  # Eq. 12-14, Sec. 5.1-5.3 (+ Sec. 5.3 erratum)
@@ -42,7 +48,7 @@ _claims: dict[str, Claim] | None = None
 def collect(modules: tuple[str, ...] | list[str]) -> dict[str, Claim]:
     """id → Claim for every module-level :class:`Claim` of ``modules`` (imported in order; a claim bound
     to several names or imported by another module counts once). ValueError when two different claims
-    share an id."""
+    share an id, or when a claim takes a retired id (:data:`RETIRED`)."""
     out: dict[str, Claim] = {}
     where: dict[str, str] = {}
     for name in modules:
@@ -55,8 +61,16 @@ def collect(modules: tuple[str, ...] | list[str]) -> dict[str, Claim]:
                 continue
             if prev is not None:
                 raise ValueError(f"id: claim {obj.id!r} is registered twice (in {where[obj.id]} and {name})")
+            _refuse_retired(obj.id, name)
             out[obj.id], where[obj.id] = obj, name
     return out
+
+
+def _refuse_retired(claim_id: str, where: str) -> None:
+    r = RETIRED.get(claim_id)
+    if r is not None:
+        raise ValueError(f"id: {claim_id!r} (in {where}) was retired in gracheck {r.since} ({r.reason}) and is never "
+                         "reused; give the claim a new id")
 
 
 def _all() -> dict[str, Claim]:
@@ -83,9 +97,10 @@ def get(claim_id: str) -> Claim:
 
 
 def register(claim: Claim) -> Claim:
-    """Add a claim stated outside the registry's modules; ValueError if its id is taken."""
+    """Add a claim stated outside the registry's modules; ValueError if its id is taken or retired."""
     if not isinstance(claim, Claim):
         raise TypeError(f"claim: expected a Claim, got {type(claim).__name__}")
+    _refuse_retired(claim.id, "register()")
     claims = _all()
     if claim.id in claims:
         raise ValueError(f"id: claim {claim.id!r} is registered twice")

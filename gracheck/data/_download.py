@@ -138,28 +138,50 @@ def download(
 
 
 def check(root: str | PathLike | None = None, out=None) -> bool:
-    """Print where each data set was found and whether it verifies; True when everything does."""
+    """Print where each data set was found and whether it verifies; True when everything does.
+
+    Every line names the folder (or file) it is about; a PROBLEM line names the place searched.
+    """
     ok = True
     out = out or sys.stdout
     p = lambda s="": print(s, file=out)  # noqa: E731
-    p("Places searched, in order:")
-    for label, loc in _paths.candidate_roots(root):
-        p(f"  {loc}  ({label}{'' if loc.is_dir() else ', missing'})")
+    places = _paths.candidate_roots(root)
+    explicit = _paths.is_explicit(places[0][0])
+    if explicit:
+        label, loc = places[0]
+        p(f"Data folder: {loc}  ({label}; the only place searched)")
+        where = f"in {loc} ({label})"
+    else:
+        p("Places searched, in order (each data set is read from the first that holds its files):")
+        for label, loc in places:
+            p(f"  {loc}  ({label}{'' if loc.is_dir() else ', missing'})")
+        where = "in " + " or ".join(str(loc) for _, loc in places)
+    if explicit:
+        try:
+            _paths.check_explicit_root(*places[0])
+        except OSError as e:
+            p(f"PROBLEM: {e}")
+            return False
+
+    def problem(what: str, e: Exception) -> None:
+        nonlocal ok
+        ok = False
+        msg = str(e)
+        p(f"{what}: PROBLEM {where}: {msg[len(what) + 2:] if msg.startswith(what + ': ') else msg}")
+
     for split in ("train", "test"):
         try:
             folder = mnist.find_mnist(split, root)
             images, _ = mnist.load_mnist(split, root, verify="always")
             p(f"MNIST {split}: {folder}: {images.shape[0]:,} images {tuple(images.shape[1:])}, md5 ok")
         except (FileNotFoundError, ValueError) as e:
-            ok = False
-            p(f"MNIST {split}: PROBLEM: {e}")
+            problem(f"MNIST {split}", e)
     try:
         path = celeba.find_split_file(root)
         counts = celeba.celeba_split_counts(root)
         p(f"CelebA split file: {path}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ", md5 ok")
     except (FileNotFoundError, ValueError) as e:
-        ok = False
-        p(f"CelebA split file: PROBLEM: {e}")
+        problem("CelebA split file", e)
     try:
         arch, _ = celeba.find_celeba(root)
         celeba._check_archive_digest(arch)
@@ -168,15 +190,16 @@ def check(root: str | PathLike | None = None, out=None) -> bool:
         src.close()
         p(f"CelebA images: {arch}: {n:,} images, digest ok")
     except (FileNotFoundError, ValueError) as e:
-        ok = False
-        p(f"CelebA images: PROBLEM: {e}")
+        problem("CelebA images", e)
     try:
+        sums_path = _paths.sums_file(root)
         sums = _paths.verify_sha256(root)
         bad = [k for k, v in sums.items() if not v["ok"]]
-        p(f"SHA256SUMS: {len(sums) - len(bad)}/{len(sums)} files ok" + (f"; bad: {', '.join(bad)}" if bad else ""))
+        p(f"SHA256SUMS: {sums_path}: {len(sums) - len(bad)}/{len(sums)} files under {sums_path.parent} ok"
+          + (f"; bad or missing: {', '.join(bad)}" if bad else ""))
         ok = ok and not bad
     except FileNotFoundError:
-        p("SHA256SUMS: none found (only the shipped shared/data has one)")
+        p(f"SHA256SUMS: none {where} (only the shipped shared/data has one)")
     return ok
 
 
@@ -188,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--check", action="store_true", help="verify the local files and print what was found where")
     g.add_argument("--download", choices=DATASETS, metavar="{mnist,celeba}", help="fetch a data set")
-    ap.add_argument("--root", help="data folder to check (default: the search path)")
+    ap.add_argument("--root", help="data folder to check, the only place looked (default: $GRACHECK_DATA alone "
+                                   "when set, else ../shared/data then the user cache)")
     ap.add_argument("--dest", help="download destination (default: the user cache, searched by the loaders)")
     ap.add_argument("--base-url", help="fetch from this URL instead of the official mirrors")
     ap.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gracheck.base.validate import check_positive_int
 from gracheck.data import _paths
 
 SPLIT_FILE = "list_eval_partition.txt"
@@ -84,11 +85,18 @@ def has_celeba(d: Path) -> bool:
     return (d / SPLIT_FILE).is_file() and _has_archive(d) is not None
 
 
+def _celeba_missing(d: Path) -> list[str]:
+    lacks = [] if (d / SPLIT_FILE).is_file() else [SPLIT_FILE]
+    if _has_archive(d) is None:
+        lacks.append("one of " + " / ".join(ARCHIVES))
+    return lacks
+
+
 def find_celeba(root: str | PathLike | None = None) -> tuple[Path, Path]:
     """(image archive, split file) from the first location in search order holding both."""
     d = _paths.find_dataset_dir(
         SUBDIRS,
-        has_celeba,
+        _celeba_missing,
         root,
         "CelebA",
         [SPLIT_FILE + " and one of " + " / ".join(ARCHIVES)],
@@ -99,7 +107,7 @@ def find_celeba(root: str | PathLike | None = None) -> tuple[Path, Path]:
 
 def find_split_file(root: str | PathLike | None = None) -> Path:
     d = _paths.find_dataset_dir(
-        SUBDIRS, lambda d: (d / SPLIT_FILE).is_file(), root, "CelebA split file", [SPLIT_FILE]
+        SUBDIRS, lambda d: [] if (d / SPLIT_FILE).is_file() else [SPLIT_FILE], root, "CelebA split file", [SPLIT_FILE]
     )
     return d / SPLIT_FILE
 
@@ -135,6 +143,7 @@ def read_split_file(path: str | PathLike, *, verify: str = "auto") -> list[tuple
         raise FileNotFoundError(f"CelebA split file not found: {path}")
     key = _paths._stat_key(path, "split")
     if key in _split_cache:
+        _note_split(path, verify)
         return _split_cache[key]
     raw = path.read_bytes()
     try:
@@ -155,7 +164,15 @@ def read_split_file(path: str | PathLike, *, verify: str = "auto") -> list[tuple
                 )
     rows = _parse_split_rows(path, text, strict=True)
     _split_cache[key] = rows
+    _note_split(path, verify, raw)
     return rows
+
+
+def _note_split(path: Path, verify: str, raw: bytes | None = None) -> None:
+    if verify == "none":
+        _paths.note_file(path, None, None, verify="none")
+    else:  # the md5 just verified (cached per file state)
+        _paths.note_file(path, "md5", _paths.cached_digest(path, "md5", raw))
 
 
 def celeba_split_counts(root: str | PathLike | None = None) -> dict[str, int]:
@@ -273,17 +290,20 @@ def _chunks(seq: list, n: int) -> Iterator[list]:
         yield seq[i : i + n]
 
 
+def _archive_digest(path: Path) -> tuple[str, str]:
+    """(algorithm, hex digest) of an image archive: the published sum's algorithm for the two known names
+    (md5 for the official zip, SHA-256 for the shipped subset), SHA-256 for any other zip; cached."""
+    algo = "md5" if path.name == OFFICIAL_ZIP else "sha256"
+    return algo, _paths.cached_digest(path, algo)
+
+
 def _check_archive_digest(path: Path) -> None:
     if path.is_dir():
         return
-    if path.name == SUBSET_ZIP:
-        actual = _paths.cached_digest(path, "sha256")
-        expected, algo = SUBSET_ZIP_SHA256, "sha256"
-    elif path.name == OFFICIAL_ZIP:
-        actual = _paths.cached_digest(path, "md5")
-        expected, algo = OFFICIAL_ZIP_MD5, "md5"
-    else:
+    if path.name not in (SUBSET_ZIP, OFFICIAL_ZIP):
         return
+    algo, actual = _archive_digest(path)
+    expected = SUBSET_ZIP_SHA256 if path.name == SUBSET_ZIP else OFFICIAL_ZIP_MD5
     if actual != expected:
         raise ValueError(
             f"{path}: checksum mismatch: expected {algo} {expected}, found {actual}. The archive is "
@@ -327,10 +347,9 @@ def load_celeba(
     split = SPLIT_ALIASES.get(split, split)
     if split not in (*SPLIT_CODES, "all"):
         raise ValueError(f"split: expected 'train', 'valid', 'test' or 'all', got {split!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size: expected a positive int, got {size!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise ValueError(f"limit: expected a positive int or None, got {limit!r}")
+    check_positive_int("size", size)
+    if limit is not None:
+        check_positive_int("limit", limit)
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == torch.uint8):
         raise TypeError(f"dtype: expected a floating torch dtype or torch.uint8, got {dtype!r}")
     if verify not in _VERIFY:
@@ -350,6 +369,12 @@ def load_celeba(
         _check_archive_digest(src_path)
 
     src = _Source(src_path)
+    if src_path.is_dir():  # a folder of JPEGs: no digest (hashing 200k files is not cheap); its size is noted
+        _paths.note_file(src_path, None, None, images=len(src.members))
+    elif verify == "none":
+        _paths.note_file(src_path, None, None, verify="none")
+    else:  # the digest just verified for the two known names (cached); SHA-256 for another zip
+        _paths.note_file(src_path, *_archive_digest(src_path))
     try:
         if split == "all":
             stems = sorted(src.members)

@@ -57,7 +57,7 @@ def find_mnist(split: str = "train", root: str | PathLike | None = None) -> Path
     _check_split(split)
     return _paths.find_dataset_dir(
         SUBDIRS,
-        lambda d: has_mnist(d, split),
+        lambda d: [f for f in FILES[split] if not (d / f).is_file()],
         root,
         f"MNIST {split}",
         FILES[split],
@@ -129,8 +129,8 @@ def load_mnist(
     Args:
         split: ``"train"`` (60,000 examples) or ``"test"`` (10,000).
         root: folder holding the files (``root/mnist/``, ``root/MNIST/raw/`` or ``root/`` itself);
-            only this folder is searched when given. Default: ``$GRACHECK_DATA``, then
-            ``../shared/data``, then the user cache.
+            only this folder is searched when given. Default: ``$GRACHECK_DATA`` alone when it is
+            set, else ``../shared/data``, then the user cache.
         verify: ``"auto"``: structural checks plus md5, the md5 computed once per process per
             file state (path, size, mtime); ``"always"``: recompute the md5 every call;
             ``"none"``: structural checks only (for a file in MNIST's format that is not MNIST).
@@ -162,6 +162,11 @@ def load_mnist(
     if verify != "none":
         _paths.check_md5(img_path, MD5[img_name], raw_i, force=verify == "always")
         _paths.check_md5(lbl_path, MD5[lbl_name], raw_l, force=verify == "always")
+    for path, raw in ((img_path, raw_i), (lbl_path, raw_l)):  # the sums just verified (cached), for the record
+        if verify == "none":
+            _paths.note_file(path, None, None, verify="none")
+        else:
+            _paths.note_file(path, "md5", _paths.cached_digest(path, "md5", raw))
     # The arrays view immutable bytes: copy into writable tensors the caller owns.
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 

@@ -5,6 +5,7 @@ from gracheck.experiments._common import (
     SCALES,
     ExperimentResult,
     Metric,
+    config_dict,
     experiment_claim,
     experiment_module,
     now_utc,
@@ -13,14 +14,18 @@ from gracheck.experiments._common import (
 )
 from gracheck.experiments._plan import (
     BUDGET_REASON,
+    MARGIN,
     NOT_COUNTED,
     PRIORITY,
+    SAFETY,
     Estimate,
     Job,
     estimate,
+    logged_jobs,
+    mnist_blocked,
     plan_experiment,
 )
 
-__all__ = ["BUDGET_REASON", "NOT_COUNTED", "PRIORITY", "SCALES", "Estimate", "ExperimentResult", "Job", "Metric",
-           "estimate", "experiment_claim", "experiment_module", "now_utc", "plan_experiment", "result_cached",
-           "run_experiment"]
+__all__ = ["BUDGET_REASON", "MARGIN", "NOT_COUNTED", "PRIORITY", "SAFETY", "SCALES", "Estimate", "ExperimentResult",
+           "Job", "Metric", "config_dict", "estimate", "experiment_claim", "experiment_module", "logged_jobs",
+           "mnist_blocked", "now_utc", "plan_experiment", "result_cached", "run_experiment"]

@@ -30,7 +30,6 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
@@ -43,7 +42,7 @@ from typing import Any
 
 from gracheck.base import deadline as _deadline
 from gracheck.base.evidence import CheckSkipped, Claim, Evidence, FigureSection, claim
-from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, entry_lock
+from gracheck.base.files import atomic_copy, atomic_write_text, cache_dir, cache_key, entry_lock
 from gracheck.base.version import __version__
 
 SCALES = ("smoke", "paper")
@@ -81,6 +80,9 @@ class ExperimentResult:
     created: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # raw arrays/lists behind figures
     notes: list[str] = dataclasses.field(default_factory=list)
+    # the data folders used and every file read, with its checksum ({"folders": {...}, "files": {...}},
+    # gracheck.data.record_reads); empty for a result made before it was recorded
+    data_read: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -105,8 +107,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def _key(claim_id: str, cfg: dict[str, Any], seed: int, device: str) -> str:
-    blob = json.dumps([claim_id, cfg, seed, device.split(":")[0], __version__], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_key([claim_id, cfg, seed, device.split(":")[0], __version__])
 
 
 def experiment_claim(module: str, *, id: str, source: str, statement: str, title: str, shows: str) -> Claim:
@@ -238,9 +239,13 @@ def result_cached(module: ModuleType, config: Any, *, seed: int, device: str) ->
 
 
 def _run(mod, config, *, seed: int, device: str, out: Path, progress) -> ExperimentResult:
+    from gracheck.data import record_reads
+
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    with record_reads() as reads:  # includes what cached models and feature nets were trained on
+        res = mod.run(config, seed=seed, device=device, out_dir=out, progress=progress)
+    res.data_read = reads.to_dict()
     if not res.created:
         res.created = now_utc()
     if not res.seconds:

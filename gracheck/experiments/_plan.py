@@ -7,7 +7,8 @@ function ``plan(config, *, seed=0, device="cpu") -> list[Job]``:
   :func:`gracheck.ensemble.check_configs` lets share one computation (every TrainConfig field equal
   except ``beta``, ``posterior``, ``block``, ``seed``) and cut into ensembles of at most
   :data:`MAX_ENSEMBLE` models; each job trains one ensemble into the model cache
-  (:func:`gracheck.experiments._zoo.model_dir` per model, so ``_zoo.trained`` then finds every model);
+  through :func:`gracheck.experiments._zoo.train_grid` (the experiments' own trainer of grids: the
+  :func:`gracheck.experiments._zoo.model_dir` folders their ``run`` loads);
 * **own jobs** (e.g. Fig. 1's batched trials, one job per (ν, amortised?) setting): a ``measure``
   callable (its own short warm-up on the device) and an ``execute`` callable that does the work into
   the cache (:func:`gracheck.experiments._common.cached_piece`), with ``done`` telling whether it is there;
@@ -48,7 +49,6 @@ and a rerun with the same cache continues it; the final job runs the experiment 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -152,6 +152,7 @@ class Job:
 # Grouping model configs into ensembles
 # ----------------------------------------------------------------------------------------------
 def _shared_fields(cfg) -> str:
+    """The fields an ensemble's members share (the cost of a step depends on these only)."""
     from gracheck.ensemble import VARYING
 
     d = {k: v for k, v in cfg.to_dict().items() if k not in VARYING}
@@ -159,20 +160,17 @@ def _shared_fields(cfg) -> str:
 
 
 def group_configs(configs: Sequence, *, max_models: int = MAX_ENSEMBLE) -> list[tuple]:
-    """The distinct ``configs`` (TrainConfigs) grouped into ensembles: one group per set of configs that
-    :func:`gracheck.ensemble.check_configs` accepts together (first appearance order), each cut into
-    consecutive chunks of at most ``max_models``."""
+    """The distinct ``configs`` (TrainConfigs) grouped into ensembles as
+    :func:`gracheck.experiments._zoo.grid_groups` groups them (what
+    :func:`gracheck.ensemble.check_configs` accepts together, first appearance order, a config listed
+    twice once), each group cut into consecutive chunks of at most ``max_models``."""
     from gracheck.ensemble import check_configs
+    from gracheck.experiments import _zoo
 
-    seen, groups = set(), {}
-    for c in configs:
-        key = json.dumps(c.to_dict(), sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        groups.setdefault(_shared_fields(c), []).append(c)
+    cfgs = list(configs)
     out = []
-    for cs in groups.values():
+    for idx in _zoo.grid_groups(cfgs):
+        cs = [cfgs[i] for i in idx]
         for i in range(0, len(cs), max_models):
             out.append(check_configs(cs[i : i + max_models]))
     return out
@@ -203,28 +201,40 @@ def _chunk_key(cfgs: Sequence) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _ensemble_dir(cfgs: Sequence) -> Path:
-    c = cfgs[0]
-    return cache_dir() / "ensembles" / f"{c.dataset}-{c.model}-{len(cfgs)}-{_chunk_key(cfgs)}"
-
-
 def _model_done(c) -> bool:
     from gracheck.experiments import _zoo
 
     return (_zoo.model_dir(c) / "result.json").is_file()
 
 
+def _ckpt_step(folder: Path) -> int:
+    """The step of the newest checkpoint in ``folder`` (0 when none)."""
+    from gracheck.train import latest_checkpoint
+
+    ck = latest_checkpoint(folder) if folder.is_dir() else None
+    try:
+        return int(ck.name[len("ckpt-"):-len(".pt")]) if ck is not None else 0
+    except ValueError:
+        return 0
+
+
 def _ensemble_left(cfgs: Sequence) -> float:
-    """Fraction of the ensemble's steps still to train (from its newest checkpoint name; 1.0 when none)."""
+    """Fraction of the chunk's model-steps still to train, read from the checkpoints
+    :func:`gracheck.experiments._zoo.train_grid` would resume (1.0 when nothing was started): a member
+    with its own interrupted run resumes alone from its folder, the others as one ensemble."""
+    from gracheck.experiments import _zoo
+
     todo = [c for c in cfgs if not _model_done(c)]
     if not todo:
         return 0.0
-    latest = _ensemble_dir(todo) / "latest"
-    try:
-        step = int(latest.read_text().strip()[len("ckpt-"):-len(".pt")])
-    except (OSError, ValueError):
-        return len(todo) / len(cfgs)
-    return max(0.0, 1.0 - step / todo[0].steps) * len(todo) / len(cfgs)
+    alone = [c for c in todo if len(todo) == 1 or _ckpt_step(_zoo.model_dir(c)) > 0]
+    batch = [c for c in todo if c not in alone]
+    left = sum(max(0.0, 1.0 - _ckpt_step(_zoo.model_dir(c)) / c.steps) for c in alone)
+    if len(batch) == 1:
+        left += 1.0
+    elif batch:
+        left += len(batch) * max(0.0, 1.0 - _ckpt_step(_zoo.ensemble_dir(batch)) / batch[0].steps)
+    return left / len(cfgs)
 
 
 def mnist_blocked() -> str | None:
@@ -266,37 +276,12 @@ def training_jobs(claim_id: str, configs: Sequence, *, blocked: Callable[[], str
 
 
 def _train_chunk(cfgs: Sequence, progress: Callable[[str], None] | None) -> None:
-    """Train the not-yet-cached models of ``cfgs`` as one ensemble into their model-cache folders.
-
-    The ensemble's own folder (checkpoints) is ``cache_dir()/ensembles/…``, keyed by the models still to
-    train; a deadline stops it after a checkpoint (DeadlineReached), and the next call resumes it. When
-    it completes, each model's folder is a finished trainer run (result.json, a slimmed checkpoint: the
-    model cache keeps weights only), which :func:`gracheck.experiments._zoo.trained` loads.
-    """
-    from gracheck.ensemble import train_ensemble
+    """Train the not-yet-cached models of ``cfgs`` through :func:`gracheck.experiments._zoo.train_grid` (one
+    ensemble, member locks, slimmed members, a part-trained ensemble resumed): the folders the experiment's own
+    ``run`` then loads. A deadline stops the ensemble after a checkpoint (DeadlineReached); the next call resumes."""
     from gracheck.experiments import _zoo
-    from gracheck.train import slim_checkpoint
 
-    todo = [c for c in cfgs if not _model_done(c)]
-    if not todo:
-        return
-    ens = _ensemble_dir(todo)
-    dirs = [_zoo.model_dir(c) for c in todo]
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(entry_lock(ens, on_wait=progress))
-        for d in sorted(dirs):  # the model cache's own locks (``_zoo.trained`` takes one at a time), in one order
-            stack.enter_context(entry_lock(d, on_wait=progress))
-        todo2 = [c for c in todo if not _model_done(c)]
-        if len(todo2) != len(todo):  # another process finished some meanwhile: train the rest
-            return _train_chunk(cfgs, progress)
-        if progress is not None:
-            progress(f"training an ensemble of {len(todo)} {todo[0].model} models ({_grid(todo)}), "
-                     f"{todo[0].steps} steps, into {ens}")
-        train_ensemble(todo, ens, model_dirs=dirs, resume=True, progress=False)
-        for d in dirs:
-            slim_checkpoint(d)
-        for p in ens.glob("ckpt-*.pt"):  # the ensemble's own checkpoints (all models' Adam state) are no longer needed
-            p.unlink(missing_ok=True)
+    _zoo.train_grid(cfgs, progress=progress)
 
 
 def final_job(claim_id: str, *, what: str, measure: Callable[[str], Estimate] | None,
@@ -412,6 +397,27 @@ def measure_training(configs: Sequence, device: str) -> Estimate:
                     {**e.measured, "models": M, "models_measured": 1, "seconds_per_step": e.seconds * M})
 
 
+def _counted_call(probe: Callable[[str, int], None], dev: str, k: int) -> tuple[float, int | None]:
+    """(seconds, counted FLOPs) of ``probe(dev, k)`` run under the FLOP counter; FLOPs None when the counter
+    cannot follow the evaluation (its module hooks reject ``torch.autograd.grad`` inside a backward, as the
+    ReLU control's finite-difference route does): the call is then timed again without it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t0 = time.perf_counter()
+    try:
+        with FlopCounterMode(display=False) as fc:
+            probe(dev, k)
+        _sync(dev)
+        return time.perf_counter() - t0, int(fc.get_total_flops())
+    except RuntimeError as e:
+        if "_will_engine_execute_node" not in str(e):
+            raise
+    t0 = time.perf_counter()
+    probe(dev, k)
+    _sync(dev)
+    return time.perf_counter() - t0, None
+
+
 def measure_probe(probe: Callable[[str, int], None], *, units: int, batch: int, device: str, key: tuple,
                   what: str, not_counted: str = NOT_COUNTED) -> Estimate:
     """Time ``probe(device, k)`` (which does k units of an evaluation) and scale to ``units``.
@@ -419,41 +425,38 @@ def measure_probe(probe: Callable[[str, int], None], *, units: int, batch: int, 
     CUDA: k = ``batch``, one warm-up call (FLOPs counted) and one timed call. CPU: one call of k = 1,
     timed with the FLOP counter on (its overhead is small next to these large ops); when a unit is
     cheap, a second call of up to one batch (at most :data:`CPU_PROBE_FLOPS` counted FLOPs) is timed
-    instead, so that per-call overheads weigh as in a real run.
+    instead, so that per-call overheads weigh as in a real run. FLOPs are None (not counted) when the
+    counter cannot follow the evaluation (:func:`_counted_call`).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     dev = str(device)
     mkey = ("probe", dev, *key)
     if mkey not in _MEMO:
         if dev.startswith("cuda"):
             k = max(1, min(batch, units))
-            with FlopCounterMode(display=False) as fc:
-                probe(dev, k)
+            _, flops = _counted_call(probe, dev, k)
             _sync(dev)
             t0 = time.perf_counter()
             probe(dev, k)
             _sync(dev)
             t = time.perf_counter() - t0
+            per_unit = None if flops is None else flops // k
             how = f"{what}: {k} units on {dev} (1 warm-up + 1 timed call), scaled to {units}"
         else:
-            t0 = time.perf_counter()
-            with FlopCounterMode(display=False) as fc:
-                probe(dev, 1)
-            t, k = time.perf_counter() - t0, 1
-            per_unit = max(int(fc.get_total_flops()), 1)
-            k2 = max(1, min(batch, units, int(CPU_PROBE_FLOPS // per_unit)))
+            t, per_unit = _counted_call(probe, dev, 1)
+            k = 1
+            k2 = max(1, min(batch, units, int(CPU_PROBE_FLOPS // max(per_unit or 0, 1)))) if per_unit else 1
             if k2 > 1:  # cheap units: time a call of up to one real batch (per-call overheads then weigh as in a run)
                 t0 = time.perf_counter()
                 probe(dev, k2)
                 t, k = time.perf_counter() - t0, k2
-                how = (f"{what}: {k} units on {dev} (after 1 unit with the FLOPs counted), scaled to {units}")
+                how = f"{what}: {k} units on {dev} (after 1 unit with the FLOPs counted), scaled to {units}"
             else:
-                how = f"{what}: 1 unit on {dev} (1 call, FLOPs counted on it), scaled to {units}"
-        _MEMO[mkey] = Estimate(t / k, int(fc.get_total_flops()) // (k if dev.startswith("cuda") else 1), how,
-                               {"units_measured": k, "seconds": t}, not_counted)
+                how = f"{what}: 1 unit on {dev} (1 call{', FLOPs counted on it' if per_unit else ''}), scaled to {units}"
+        if per_unit is None:
+            how += "; FLOPs not counted (the counter cannot follow this evaluation's nested autograd)"
+        _MEMO[mkey] = Estimate(t / k, per_unit, how, {"units_measured": k, "seconds": t}, not_counted)
     e = _MEMO[mkey]
-    return dataclasses.replace(e, seconds=e.seconds * units, flops=e.flops * units,
+    return dataclasses.replace(e, seconds=e.seconds * units, flops=None if e.flops is None else e.flops * units,
                                measured={**e.measured, "units": units, "seconds_per_unit": e.seconds})
 
 

@@ -5,8 +5,8 @@
 
       d² = ‖μ₁ − μ₂‖² + tr(C₁ + C₂ − 2 (C₁^{1/2} C₂ C₁^{1/2})^{1/2})
 
-  computed by symmetric eigendecompositions only (no complex square roots to truncate);
-  :func:`fit_gaussian` and :func:`frechet_distance_from_features` fit the Gaussians.
+  computed in float64 from Cholesky factors and symmetric eigenvalues (no complex square roots to
+  truncate; the route taken is recorded in :class:`FrechetResult`); :func:`fit_gaussian` and :func:`frechet_distance_from_features` fit the Gaussians.
 * :func:`kid` / :func:`kid_unbiased_mmd2`: the kernel inception distance (Bińkowski et al.
   2018), an unbiased MMD² with the cubic polynomial kernel; unlike the Fréchet distance its
   estimator has no bias at small sample sizes, which is what a CPU can afford.
@@ -99,9 +99,13 @@ class FrechetResult:
     """The Fréchet distance with the evidence of how it was computed.
 
     ``value = max(raw_value, 0)``; ``raw_value = mean_term + tr_cov1 + tr_cov2 − 2·tr_sqrt``.
-    ``n_clamped`` counts eigenvalues (of C₁ and of C₁^{1/2} C₂ C₁^{1/2}) that rounding left
-    slightly negative and that were set to 0; ``max_clamped_rel`` is the largest such
-    |eigenvalue| relative to its matrix's scale (each one is ≤ ``rtol``, else ValueError).
+    ``route`` names the computation of ``tr_sqrt`` (see :func:`frechet_distance_details`):
+    ``"cholesky-both"`` (both covariances numerically positive definite), ``"cholesky-one"``
+    (one of them) or ``"eigh"`` (neither). ``n_clamped`` counts eigenvalues that rounding left
+    slightly negative and that were set to 0 (``"cholesky-both"``: of the Gram matrix KᵀK,
+    K = L₂ᵀL₁; ``"cholesky-one"``: of LᵀCL; ``"eigh"``: of C₁ and of C₁^{1/2} C₂ C₁^{1/2});
+    ``max_clamped_rel`` is the largest such |eigenvalue| relative to its matrix's scale (each
+    one is ≤ ``rtol``, else ValueError): ‖KᵀK‖; tr(LLᵀ)·‖C‖; ‖C₁‖ and ‖C₁‖‖C₂‖ respectively.
     """
 
     value: float
@@ -114,18 +118,23 @@ class FrechetResult:
     max_clamped_rel: float
     rtol: float
     dim: int
+    route: str
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _sym_eig(name: str, C: Tensor, rtol: float, vectors: bool = True) -> tuple[Tensor, Tensor | None, float]:
-    """Eigenvalues (and vectors) of the symmetric matrix ``C``, checked symmetric and PSD within ``rtol``."""
+def symmetrised(name: str, C: Tensor, rtol: float) -> Tensor:
+    """``(C + Cᵀ)/2`` after checking that ``C`` is symmetric within ``rtol`` relative to max|C|."""
     scale = float(C.abs().max())
     asym = float((C - C.mT).abs().max())
     if asym > rtol * max(scale, 1e-300):
         raise ValueError(f"{name}: must be symmetric; max |C - Cᵀ| = {asym:.3g} > {rtol:g} · max|C| = {scale:.3g}")
-    Cs = 0.5 * (C + C.mT)
+    return 0.5 * (C + C.mT)
+
+
+def _sym_eig(name: str, Cs: Tensor, rtol: float, vectors: bool = True) -> tuple[Tensor, Tensor | None, float]:
+    """Eigenvalues (and vectors) of the symmetric matrix ``Cs``, checked PSD within ``rtol``."""
     w, V = torch.linalg.eigh(Cs) if vectors else (torch.linalg.eigvalsh(Cs), None)
     top = float(w.abs().max()) if w.numel() else 0.0
     if w.numel() and float(w[0]) < -rtol * top:
@@ -137,34 +146,134 @@ def _sym_eig(name: str, C: Tensor, rtol: float, vectors: bool = True) -> tuple[T
     return w, V, top
 
 
+def _cholesky_psd_bound(n: int) -> float:
+    """c_n such that a Cholesky factorisation of a symmetric [n, n] A that completes proves λ_min(A) ≥ −c_n‖A‖₂.
+
+    Higham (2002), *Accuracy and Stability of Numerical Algorithms*, Thm 10.3: the computed factor
+    satisfies L̂L̂ᵀ = A + ΔA with |ΔA| ≤ γ_{n+1}|L̂||L̂ᵀ|, γ_k = ku/(1 − ku), u = 2⁻⁵³ (the analysis
+    bounds the rounding of the inner products that define L̂; it holds in any summation order,
+    blocked or not, whenever the algorithm completes). With ‖|L̂|‖₂² ≤ n‖L̂‖₂² = n‖A + ΔA‖₂:
+    ‖ΔA‖₂ ≤ c_n‖A‖₂, c_n = nγ_{n+1}/(1 − nγ_{n+1}), and A + ΔA = L̂L̂ᵀ is PSD. At n = 2048,
+    c_n ≈ 4.7e-10.
+    """
+    u = 2.0**-53
+    g = (n + 1) * u / (1.0 - (n + 1) * u)
+    return n * g / (1.0 - n * g) if n * g < 1.0 else math.inf
+
+
+def _cholesky_or_none(Cs: Tensor) -> Tensor | None:
+    """Lower Cholesky factor of the symmetric ``Cs`` if the factorisation completes, else None."""
+    L, info = torch.linalg.cholesky_ex(Cs)
+    return L if int(info) == 0 else None
+
+
+def _sum_sqrt_clamped(m: Tensor, m_scale: float, rtol: float, what: str) -> tuple[float, int, float]:
+    """(Σ √max(mᵢ, 0), count of mᵢ < 0, largest |mᵢ < 0| / m_scale); ValueError if some mᵢ < −rtol·m_scale."""
+    if m.numel() and float(m[0]) < -rtol * m_scale:
+        raise ValueError(
+            f"cov1, cov2: {what} has eigenvalue {float(m[0]):.4g} < -rtol·{m_scale:.4g}; "
+            "one of the covariances is not positive semi-definite"
+        )
+    n_neg = int((m < 0).sum())
+    rel = float(m.clamp_max(0).abs().max()) / m_scale if m_scale > 0 and m.numel() else 0.0
+    return float(m.clamp_min(0).sqrt().sum()), n_neg, rel
+
+
+def trace_sqrt_eigh(C1s: Tensor, C2s: Tensor, rtol: float) -> tuple[float, int, float]:
+    """tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} by eigendecompositions: (value, n_clamped, max_clamped_rel).
+
+    S = C₁^{1/2} = V diag(√λ₊) Vᵀ from eigh(C₁) (λ₊: rounding-sized negative λ clamped to 0);
+    the eigenvalues m of the symmetric PSD M = S C₂ S are those of C₁C₂; the trace is Σ √m₊.
+    Validates both matrices as PSD within ``rtol`` (eigvalsh of C₂ gives its scale).
+    """
+    w1, V1, top1 = _sym_eig("cov1", C1s, rtol)
+    _, _, top2 = _sym_eig("cov2", C2s, rtol, vectors=False)  # validation and scale only
+    n_clamped = int((w1 < 0).sum())
+    max_rel = float(w1.clamp_max(0).abs().max()) / top1 if top1 > 0 else 0.0
+    S = (V1 * w1.clamp_min(0).sqrt()) @ V1.mT
+    M = S @ C2s @ S
+    m = torch.linalg.eigvalsh(0.5 * (M + M.mT))
+    # ‖M‖ ≤ ‖C1‖·‖C2‖; an eigenvalue of M below −rtol·‖C1‖‖C2‖ cannot come from rounding.
+    tr_sqrt, n_m, rel_m = _sum_sqrt_clamped(m, max(top1 * top2, float(m.abs().max())), rtol, "C1^(1/2) C2 C1^(1/2)")
+    return tr_sqrt, n_clamped + n_m, max(max_rel, rel_m)
+
+
+def _trace_sqrt_congruent(L: Tensor, Q: Tensor, top_q: float, rtol: float) -> tuple[float, int, float]:
+    """tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} from a Cholesky factor L of one covariance P = LLᵀ and the other, Q.
+
+    M = LᵀQL is symmetric PSD with the eigenvalues of QLLᵀ = QP, i.e. of C₁C₂ (eig(AB) = eig(BA));
+    the trace is Σ √m₊ over its eigenvalues. Forming M rounds by about ε‖P‖‖Q‖, so rounding-sized
+    negative eigenvalues are clamped and counted against the scale tr(P)·‖Q‖ ≥ ‖P‖‖Q‖ ≥ ‖M‖
+    (tr P = ‖L‖²_F costs nothing, ‖P‖ would cost an eigvalsh; ``top_q`` = ‖Q‖ from Q's
+    validation). Q was validated PSD within rtol and P is PD, so by Ostrowski's theorem
+    λ_min(M) ≥ ‖P‖·λ_min(Q) ≥ −rtol·‖P‖‖Q‖: the ValueError there is a consistency check only.
+    """
+    M = L.mT @ Q @ L
+    m = torch.linalg.eigvalsh(0.5 * (M + M.mT))
+    scale = max(float(L.square().sum()) * top_q, float(m.abs().max()))
+    return _sum_sqrt_clamped(m, scale, rtol, "L^T C L (C1·C2 congruent)")
+
+
+def _trace_sqrt_gram(L1: Tensor, L2: Tensor, rtol: float) -> tuple[float, int, float]:
+    """tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} for C₁ = L₁L₁ᵀ, C₂ = L₂L₂ᵀ: (value, n_clamped, max_clamped_rel).
+
+    The eigenvalues of C₁^{1/2}C₂C₁^{1/2} are those of C₁C₂ = L₁(L₁ᵀL₂L₂ᵀ) and hence of the Gram
+    matrix KᵀK = L₁ᵀL₂L₂ᵀL₁, K = L₂ᵀL₁ (the squared singular values of K); the trace is Σ √m₊
+    over them. KᵀK is PSD by construction and its computed eigenvalues are off by a few ε‖KᵀK‖,
+    so rounding-sized negative ones are clamped and counted against the scale ‖KᵀK‖.
+    """
+    K = L2.mT @ L1
+    M = K.mT @ K
+    m = torch.linalg.eigvalsh(0.5 * (M + M.mT))
+    return _sum_sqrt_clamped(m, float(m.abs().max()), rtol, "the Gram matrix (L2^T L1)^T (L2^T L1)")
+
+
 def frechet_distance_details(
     mu1: Any, cov1: Any, mu2: Any, cov2: Any, *, rtol: float = DEFAULT_RTOL
 ) -> FrechetResult:
     """Fréchet distance between N(μ₁, C₁) and N(μ₂, C₂) with the details of the computation.
 
-    Route (float64, symmetric eigendecompositions only):
+    d² = ‖μ₁ − μ₂‖² + tr C₁ + tr C₂ − 2·tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} (Dowson & Landau 1982; FID,
+    Heusel et al. 2017). The trace term is Σ √λᵢ over the eigenvalues λ of C₁C₂, which are real
+    and ≥ 0. Three float64 routes, chosen by which covariances are numerically positive definite
+    (their Cholesky factorisation completes; ``FrechetResult.route`` says which ran). None forms
+    a non-symmetric product or takes complex square roots, as ``scipy.linalg.sqrtm(C₁ @ C₂)`` and
+    the eigenvalues of C₁C₂ do (rounding moves those eigenvalues off the real axis, and FID
+    code then drops the imaginary parts):
 
-    1. C₁ = V diag(λ) Vᵀ; S = C₁^{1/2} = V diag(√λ₊) Vᵀ, where λ₊ clamps to 0 eigenvalues that
-       rounding made slightly negative.
-    2. M = S C₂ S is symmetric PSD with the same eigenvalues as C₁C₂, so
-       tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2} = Σ √m₊ over the eigenvalues m of M (again clamped).
+    * ``"cholesky-both"``, both C_i = L_iL_iᵀ numerically positive definite (the usual case for
+      fits from N > F samples): Σ √m₊ over the eigenvalues m of the Gram matrix KᵀK, K = L₂ᵀL₁
+      (two Cholesky factorisations, two products, one eigvalsh without vectors).
+    * ``"cholesky-one"``, exactly one of them positive definite, P = LLᵀ, the other Q:
+      Σ √m₊ over the eigenvalues m of the symmetric M = LᵀQL, which equal those of C₁C₂.
+    * ``"eigh"``, neither (e.g. both fitted from N ≤ F samples): S = C₁^{1/2} = V diag(√λ₊) Vᵀ
+      from a full eigendecomposition of C₁, then Σ √m₊ over the eigenvalues of S C₂ S.
 
-    The usual route, ``scipy.linalg.sqrtm(C₁ @ C₂)``, takes the square root of a non-symmetric
-    matrix, returns complex values when rounding pushes eigenvalues off the real axis, and FID
-    code then drops the imaginary part; here nothing complex arises.
+    λ₊, m₊ clamp to 0 eigenvalues that rounding made slightly negative; they are counted in
+    ``n_clamped``. No regularising εI is added: singular covariances give the distance between
+    the (degenerate) Gaussians themselves.
 
-    Near-singular / singular covariances (e.g. fitted from N ≤ F samples, or features with dead
-    units) are handled by the same route: zero eigenvalues give zero square roots; no
-    regularising εI is added, so the result is the distance between the (degenerate) Gaussians
-    themselves. Accuracy: an eigenvalue near 0 is known only to about ε·‖M‖ (ε = 2.2e-16), so its
-    square root to about √(ε‖M‖); the trace term can therefore be off by up to about
-    F·1.5e-8·√‖M‖ when many eigenvalues vanish (e.g. 3e-5·√‖M‖ at F = 2048), far below the
-    sampling error of any Fréchet distance estimated from data.
+    Accuracy (tests/test_fid.py, against a 60-digit mpmath evaluation of the same float64
+    matrices): on nearly singular positive definite pairs (graded spectra to condition 1e14,
+    low rank plus a ridge down to 1e-13) the ``cholesky-both`` trace term was within 1.7e-12
+    relative, where the ``eigh`` route lost up to 1.7e-8 (square roots of eigenvalues of C₁ known
+    only to ±ε‖C₁‖), the eigenvalues of C₁C₂ up to 9e-8 and scipy's sqrtm up to 3.4e-8. (The
+    sum of the singular values of L₂ᵀL₁, one SVD instead of the Gram eigenvalues, was within
+    4e-15, but at F = 2048 the SVD took 1.5–3× as long as the Gram eigenvalues and, in some
+    runs on a loaded 2-core machine, as long as the eigenvalues of C₁C₂:
+    benchmarks/bench_fid.py, route ``cholesky_svd``.) With singular
+    covariances every route is limited the same way: an eigenvalue near 0 is known only to
+    about ε·‖M‖ (ε = 2.2e-16), so its square root to about √(ε‖M‖), and the trace term can be
+    off by up to about F·1.5e-8·√‖M‖ when many eigenvalues vanish (3e-5·√‖M‖ at F = 2048), far
+    below the sampling error of any Fréchet distance estimated from data.
 
     Validation (ValueError naming the argument): shapes ``mu [F]``, ``cov [F, F]``, same F, finite,
     symmetric to ``rtol`` relative, PSD to ``rtol`` relative (smallest eigenvalue ≥ −rtol·largest
-    |eigenvalue|). The default ``rtol = 1e-6`` accepts float64 and float32 rounding of covariance
-    matrices of moderate size; a float32 covariance at F ≈ 2048 may need a larger value.
+    |eigenvalue|). A Cholesky factorisation that completes proves the PSD condition when
+    rtol ≥ 2c_F (c_F ≈ 4.7e-10 at F = 2048, see :func:`_cholesky_psd_bound`); for a smaller
+    ``rtol`` the eigenvalues are computed as well. The default ``rtol = 1e-6`` accepts float64
+    and float32 rounding of covariance matrices of moderate size; a float32 covariance at
+    F ≈ 2048 may need a larger value.
     """
     if not (isinstance(rtol, float) and 0 < rtol < 1):
         raise ValueError(f"rtol: expected a float in (0, 1), got {rtol!r}")
@@ -180,27 +289,27 @@ def frechet_distance_details(
     for name, C in (("cov1", C1), ("cov2", C2)):
         if tuple(C.shape) != (n, n):
             raise ValueError(f"{name}: expected shape [{n}, {n}] to match mu1, got {tuple(C.shape)}")
+    C1s = symmetrised("cov1", C1, rtol)
+    C2s = symmetrised("cov2", C2, rtol)
 
-    w1, V1, top1 = _sym_eig("cov1", C1, rtol)
-    _, _, top2 = _sym_eig("cov2", C2, rtol, vectors=False)  # validation and scale only
-    n_clamped = int((w1 < 0).sum())
-    max_rel = float(w1.clamp_max(0).abs().max()) / top1 if top1 > 0 else 0.0
-
-    S = (V1 * w1.clamp_min(0).sqrt()) @ V1.mT
-    M = S @ (0.5 * (C2 + C2.mT)) @ S
-    M = 0.5 * (M + M.mT)
-    m = torch.linalg.eigvalsh(M)
-    # ‖M‖ ≤ ‖C1‖·‖C2‖; an eigenvalue of M below −rtol·‖C1‖‖C2‖ cannot come from rounding.
-    m_scale = max(top1 * top2, float(m.abs().max()))
-    if m.numel() and float(m[0]) < -rtol * m_scale:
-        raise ValueError(
-            f"cov1, cov2: C1^(1/2) C2 C1^(1/2) has eigenvalue {float(m[0]):.4g} < -rtol·{m_scale:.4g}; "
-            "one of the covariances is not positive semi-definite"
-        )
-    n_clamped += int((m < 0).sum())
-    if m_scale > 0:
-        max_rel = max(max_rel, float(m.clamp_max(0).abs().max()) / m_scale)
-    tr_sqrt = float(m.clamp_min(0).sqrt().sum())
+    L1, L2 = _cholesky_or_none(C1s), _cholesky_or_none(C2s)
+    if L1 is not None and L2 is not None:
+        if rtol < 2.0 * _cholesky_psd_bound(n):  # completion alone does not prove PSD within rtol
+            _sym_eig("cov1", C1s, rtol, vectors=False)
+            _sym_eig("cov2", C2s, rtol, vectors=False)
+        route = "cholesky-both"
+        tr_sqrt, n_clamped, max_rel = _trace_sqrt_gram(L1, L2, rtol)
+    elif L1 is not None or L2 is not None:
+        (p_name, P, L), (q_name, Q) = (("cov1", C1s, L1), ("cov2", C2s)) if L1 is not None else \
+            (("cov2", C2s, L2), ("cov1", C1s))
+        _, _, top_q = _sym_eig(q_name, Q, rtol, vectors=False)  # the one Cholesky refused: validate
+        if rtol < 2.0 * _cholesky_psd_bound(n):
+            _sym_eig(p_name, P, rtol, vectors=False)
+        route = "cholesky-one"
+        tr_sqrt, n_clamped, max_rel = _trace_sqrt_congruent(L, Q, top_q, rtol)
+    else:
+        route = "eigh"
+        tr_sqrt, n_clamped, max_rel = trace_sqrt_eigh(C1s, C2s, rtol)
 
     diff = m1 - m2
     mean_term = float(diff @ diff)
@@ -218,6 +327,7 @@ def frechet_distance_details(
         max_clamped_rel=max_rel,
         rtol=rtol,
         dim=n,
+        route=route,
     )
 
 

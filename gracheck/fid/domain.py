@@ -188,6 +188,9 @@ def _load_cached(path: Path, dataset: str, config: dict[str, Any]) -> tuple[Doma
         warnings.warn(f"feature-net cache {path} unusable ({type(e).__name__}: {e}); retraining", stacklevel=3)
         return None
     info["cached"] = True
+    import gracheck.data as gd
+
+    gd.note_reads(info.get("data_read"))  # what the cached net was trained on counts as read by its user
     return net, info
 
 
@@ -217,7 +220,8 @@ def train_domain_features(
 
     Returns ``(net, info)``; ``info`` holds ``metric`` ("domain-frechet-distance"), ``feature_net``,
     ``task``, ``seed``, ``steps``, ``batch_size``, ``heldout_accuracy``, ``n_train``, ``n_heldout``,
-    ``train_seconds``, ``feature_hash`` (:func:`state_dict_sha256`), ``version``, ``cached``.
+    ``train_seconds``, ``feature_hash`` (:func:`state_dict_sha256`), ``version``, ``cached``, ``data_read``
+    (the data folder and files read, with checksums: :func:`gracheck.data.record_reads`).
     Training is deterministic for a given torch build, device and thread count; another thread
     count changes float32 summation order and so the weights (measured: same MNIST accuracy,
     different hash). The hash identifies the weights actually used, so store it with results.
@@ -258,7 +262,10 @@ def train_domain_features(
 def _train_feature_net(dataset: str, task: dict[str, Any], seed: int, steps: int, batch_size: int,
                        limit: int | None, device) -> tuple[DomainFeatureNet, dict[str, Any]]:
     """Train the feature net of ``dataset`` (see :func:`train_domain_features`); returns ``(net, info)``."""
-    xtr, ytr, xho, yho = _load_domain_data(dataset, limit)
+    import gracheck.data as gd
+
+    with gd.record_reads() as reads:  # the data folder and the checksums of the files read, kept in info
+        xtr, ytr, xho, yho = _load_domain_data(dataset, limit)
     if xtr.shape[0] < 1:
         raise ValueError(f"limit: {limit} leaves no training images")
     t0 = time.perf_counter()
@@ -309,6 +316,7 @@ def _train_feature_net(dataset: str, task: dict[str, Any], seed: int, steps: int
         "feature_hash": state_dict_sha256(cpu_sd),
         "version": FEATURE_NET_VERSION,
         "cached": False,
+        "data_read": reads.to_dict(),
     }
     return net, info
 

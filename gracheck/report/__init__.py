@@ -9,6 +9,7 @@ environment).
 """
 
 from gracheck.report._cli import main
+from gracheck.report._list import claim_list, list_schema_path
 from gracheck.report._run import (
     EXIT_CODES,
     STATUSES,
@@ -20,6 +21,6 @@ from gracheck.report._run import (
 )
 
 __all__ = [
-    "EXIT_CODES", "STATUSES", "ReportEnvironmentError", "ReportResult", "UsageError", "build_report", "main",
-    "schema_path",
+    "EXIT_CODES", "STATUSES", "ReportEnvironmentError", "ReportResult", "UsageError", "build_report", "claim_list",
+    "list_schema_path", "main", "schema_path",
 ]

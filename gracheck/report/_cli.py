@@ -29,13 +29,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for every check (default: %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 unless every empirical claim that ran is verified (refuted or inconclusive fail)")
-    p.add_argument("--quiet", action="store_true", help="no progress display, only the final summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr, only the final summary (by default: a live display on a terminal; "
+                        "elsewhere, e.g. CI logs, pipes or nohup, one line per claim as it finishes, with its status "
+                        "and seconds, and one per model an experiment trains)")
     p.add_argument("--no-cache", action="store_true", help="rerun experiments instead of using the result cache")
-    p.add_argument("--list", action="store_true", help="list the claim ids and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list every claim (id, kind, statement hash, paper source) and exit")
+    p.add_argument("--json", action="store_true",
+                   help="with --list: print the claims as JSON (id, kind, source, statement, corrected, statement_hash, "
+                        "methods, takes_candidate, candidate_signature; schema: gracheck/report/claims.schema.json); "
+                        "with --plan: print the plan document (gracheck/report/plan.schema.json)")
     p.add_argument("--plan", action="store_true",
                    help="list, per empirical claim, the models, steps, counted FLOPs and the time estimated on this "
                         "device from short measured warm-ups; trains nothing (with --json: the plan document)")
-    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON (plan.schema.json)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="run within SECONDS of wall time: empirical claims first, in priority order (fig1, fig3, "
                         "eq6, grae-approx, fig2, fig4), only the jobs their plan says fit; the rest is skipped as "
@@ -48,16 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report from the command line; return the exit code (see ``--help``: 0, 1, 2 or 3)."""
     from gracheck.report._run import UsageError, build_report
 
-    args = _parser().parse_args(argv)  # argparse exits with 2 on its own errors
+    parser = _parser()
+    args = parser.parse_args(argv)  # argparse exits with 2 on its own errors
+    if args.json and not (args.list or args.plan):
+        parser.error("--json: only with --list or --plan")
     if args.list:
-        from gracheck.claims import registry
+        from gracheck.report._list import claim_lines, claim_list
 
-        for c in registry():
-            print(f"{c.id:40s} {c.kind:10s} {c.source}")
+        if args.json:
+            import json
+
+            print(json.dumps(claim_list(), indent=1))  # ASCII escapes: safe on any terminal encoding
+        else:
+            print("\n".join(claim_lines()))
         return 0
-    if args.json and not args.plan:
-        print("python -m gracheck.report: error: --json goes with --plan", file=sys.stderr)
-        return EXIT_USAGE
     if args.plan or args.budget is not None:
         from gracheck.report._plan import plan_main, run_with_budget
 
@@ -68,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 dev = check_device(args.device if args.device is not None else default_device())
                 return plan_main(scale=args.scale, device=dev, only=args.only, seed=args.seed, as_json=args.json,
                                  budget=args.budget)
-            quiet = args.quiet or not sys.stderr.isatty()
             run = run_with_budget(args.budget, out_dir=args.out, scale=args.scale, device=args.device, only=args.only,
-                                  seed=args.seed, strict=args.strict, quiet=quiet, use_cache=not args.no_cache)
+                                  seed=args.seed, strict=args.strict, quiet=args.quiet, use_cache=not args.no_cache)
         except UsageError as e:
             print(f"python -m gracheck.report: error: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {res.html_path} (also {res.markdown_path.name}, {res.results_path.name}); budget "
               f"{run.budget:.0f} s, used {run.seconds:.0f} s; exit code {run.exit_code}")
         return run.exit_code
-    quiet = args.quiet or not sys.stderr.isatty()
+    quiet = args.quiet
     try:
         res = build_report(
             args.out,

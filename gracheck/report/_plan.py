@@ -160,7 +160,7 @@ def simulate_budget(doc: dict[str, Any], budget: float) -> dict[str, Any]:
     """Which jobs a run under ``--budget`` would start, by the rule of :func:`~gracheck.experiments._plan.run_planned`
     (each claim in order; a job starts when SAFETY × its remaining estimate + MARGIN fits in the time left; a claim
     stops at its first job that does not fit or cannot run), assuming each job takes its estimate."""
-    from gracheck.experiments._plan import MARGIN, SAFETY
+    from gracheck.experiments import MARGIN, SAFETY
 
     left = float(budget)
     done_keys: set[tuple[str, str]] = set()

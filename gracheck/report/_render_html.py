@@ -106,8 +106,10 @@ def _metrics(base: Path, exp: dict[str, Any], label: str, cid: str) -> str:
     out.append(_table(T.METRIC_HEADER, rows, classes={1: "num", 2: "num"}) if rows else "<p>(no metrics reported)</p>")
     for f in exp.get("figures", []):
         out.append(_figure(base, f, f"{cid} — {label}"))
-    if exp.get("notes"):
-        out.append("<ul>" + "".join(f"<li>note: {_e(n)}</li>" for n in exp["notes"]) + "</ul>")
+    data_line = T.data_read_line(exp)
+    notes = [*exp.get("notes", []), *([data_line] if data_line else [])]
+    if notes:
+        out.append("<ul>" + "".join(f"<li>note: {_e(n)}</li>" for n in notes) + "</ul>")
     return "".join(out)
 
 

@@ -23,9 +23,10 @@ def _metrics_block(exp: dict[str, Any], label: str) -> list[str]:
     lines += _table(T.METRIC_HEADER, rows) if rows else ["(no metrics reported)", ""]
     for f in exp.get("figures", []):
         lines += [f"![{exp.get('claim_id', '')} — {f}]({f})", ""]
-    for n in exp.get("notes", []):
+    data_line = T.data_read_line(exp)
+    for n in [*exp.get("notes", []), *([data_line] if data_line else [])]:
         lines.append(f"- note: {n}")
-    if exp.get("notes"):
+    if exp.get("notes") or data_line:
         lines.append("")
     return lines
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from gracheck import claims as _claims
 from gracheck.base.evidence import CheckResult, CheckSkipped, Claim, Evidence, jsonable
-from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit
+from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit, is_terminal
 from gracheck.base.verdicts import combine
 from gracheck.base.version import __version__
 from gracheck.base import deadline as _deadline
@@ -353,6 +353,7 @@ def _experiment_entry(
             created=res.created,
             notes=list(res.notes),
             data=res.data,
+            data_read=res.data_read,
         )
     return entry
 
@@ -412,6 +413,7 @@ def load_paper_result(claim: Claim, results_dir: Path | None, out_dir: Path, *, 
         seconds=res.seconds,
         created=res.created,
         notes=list(res.notes),
+        data_read=res.data_read,
         verdict=verdict,
         verdict_reason=verdict_reason,
         results=[r.to_dict() for r in results],
@@ -444,13 +446,19 @@ class _Progress:
 
 
 class _TerminalSink:
-    """Progress on stderr: a "running" line that the result line then overwrites."""
+    """Progress on stderr. On a terminal (``live``) a "running" line that the result line then overwrites;
+    otherwise (CI logs, pipes, nohup) only whole lines, each flushed as it is written: one per claim as it
+    finishes (id, status, seconds) and the experiments' lines (each model trained). ``live``: default
+    whether the stream is a terminal."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, live: bool | None = None):
         self.stream = stream if stream is not None else sys.stderr
+        self.live = is_terminal(self.stream) if live is None else live
         self.pending = False
 
     def begin(self, s: str) -> None:
+        if not self.live:  # a log keeps only finished lines
+            return
         self.stream.write(s)
         self.stream.flush()
         self.pending = True
@@ -519,7 +527,8 @@ def build_report(
     for claims with ``takes_candidate`` (the report then says a candidate was checked).
     ``strict``: an empirical claim that ran and is not verified (refuted or inconclusive) gives exit
     code 1. ``quiet``: no progress
-    lines; ``progress`` receives them instead of stderr when given. ``results_dir``: the
+    lines; otherwise they go to stderr (a live display on a terminal, one line per claim as it finishes
+    elsewhere); ``progress`` receives them instead of stderr when given. ``results_dir``: the
     folder of committed paper-scale results (True: the repository's ``results/``; None or
     False: none). ``priority``: claim ids run first, in that order (the rest follow in registry
     order; ``--budget`` passes :data:`gracheck.experiments.PRIORITY`). ``configs``: claim id ->

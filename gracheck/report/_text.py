@@ -226,3 +226,19 @@ def provenance_line(p: dict[str, Any]) -> str:
     if prov.get("budget_seconds") is not None:
         parts.append(f"budget {fmt(prov['budget_seconds'], 3)} s")
     return "Provenance: " + ("; ".join(parts) if parts else "none recorded")
+
+
+def data_read_line(exp: dict[str, Any]) -> str | None:
+    """"data read: <folder> (<how chosen>); <file> <algo> <digest prefix>, ..." for an experiment entry that
+    recorded its data (``data_read``); None when it read no data file or did not record it."""
+    rec = exp.get("data_read") or {}
+    folders, files = rec.get("folders") or {}, rec.get("files") or {}
+    if not files and not folders:
+        return None
+    where = "; ".join(f"{k} ({v})" for k, v in sorted(folders.items()))
+    parts = []
+    for path, info in sorted(files.items()):
+        name = path.rsplit("/", 1)[-1]
+        algo = next((a for a in ("sha256", "md5") if info.get(a)), None)
+        parts.append(f"{name} {algo} {info[algo][:12]}…" if algo else f"{name} (no checksum)")
+    return f"data read: {where or 'no folder recorded'}; {len(files)} file(s): " + ", ".join(parts)

@@ -234,7 +234,7 @@ def _achieved(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write_result(cid: str, res, *, results: Path, cfg, mod, seed: int, device: str, info: dict, budget: float,
                  plan_seconds: float | None, command: str, size: str) -> Path:
     """``results/<cid>-paper.json`` (and its figures) for a finished claim, with the provenance of the module docstring."""
-    from gracheck.experiments._plan import logged_jobs
+    from gracheck.experiments import logged_jobs
 
     figs = []
     fig_dir = results / "paper-figures"
@@ -276,7 +276,7 @@ def _torch_version() -> str:
 
 def _committed(cid: str, cfg) -> bool:
     """Whether the repository already holds a paper-scale result of ``cid`` at ``cfg``."""
-    from gracheck.experiments._common import config_dict
+    from gracheck.experiments import config_dict
 
     path = REPO_ROOT / "results" / f"{cid}-paper.json"
     try:
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from gracheck.claims import get, registry
     from gracheck.experiments import experiment_module
-    from gracheck.experiments._plan import mnist_blocked
+    from gracheck.experiments import mnist_blocked
     from gracheck.report._plan import build_plan, render_plan_text
 
     registry()  # imports every experiment module (each registers its claim)

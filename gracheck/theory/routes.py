@@ -236,24 +236,60 @@ def tril_to_cov(theta: Tensor, d: int) -> Tensor:
     return L @ L.T
 
 
+def lbfgs_maximise(
+    f: Callable[[Tensor], Tensor],
+    theta0: Tensor,
+    *,
+    max_iter: int,
+    tolerance_grad: float,
+    tolerance_change: float,
+    history_size: int = 100,
+    rounds: int = 1,
+    newton: int = 0,
+) -> tuple[Tensor, float]:
+    """argmax θ and max of a scalar ``f(θ)`` from ``theta0`` [n]: the checks' one numerical maximiser.
+
+    ``rounds`` calls of LBFGS (strong Wolfe line search; ``max_iter``, ``tolerance_grad``,
+    ``tolerance_change``, ``history_size`` as in ``torch.optim.LBFGS``), in ``theta0``'s dtype; then up
+    to ``newton`` Newton steps with the autograd Hessian of ``f`` (least-squares solve; a step is kept only
+    if it does not lower ``f``; stops when max |∇f| < 1e-12), which takes the gradient to rounding. Only
+    evaluates ``f``: independent of any closed form. Returns the detached θ and ``float(f(θ))``.
+    """
+    theta = theta0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance_grad,
+                            tolerance_change=tolerance_change, history_size=history_size, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -f(theta)
+        loss.backward()
+        return loss
+
+    for _ in range(rounds):
+        opt.step(closure)
+    v = theta.detach()
+    val = float(f(v))
+    for _ in range(newton):
+        g = torch.func.grad(f)(v)
+        if float(g.abs().max()) < 1e-12:
+            break
+        step = torch.linalg.lstsq(torch.func.hessian(f)(v), -g.unsqueeze(-1)).solution.squeeze(-1)
+        v_new = v + step
+        val_new = float(f(v_new))
+        if not val_new >= val:
+            break
+        v, val = v_new, val_new
+    return v, val
+
+
 def maximise_over_cov(fn: Callable[[Tensor], Tensor], d: int, *, iters: int = 200) -> tuple[Tensor, float]:
     """argmax and max over SPD Σ of a scalar ``fn(Σ)``, by LBFGS (strong Wolfe) over Σ = LLᵀ, float64.
 
     Independent of any closed form: starts at Σ = I and only evaluates ``fn``.
     """
     n = d * (d + 1) // 2
-    theta = torch.zeros(n, dtype=DTYPE, requires_grad=True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iters, tolerance_grad=1e-13, tolerance_change=1e-16,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -fn(tril_to_cov(theta, d))
-        loss.backward()
-        return loss
-
-    for _ in range(5):
-        opt.step(closure)
+    theta, _ = lbfgs_maximise(lambda t: fn(tril_to_cov(t, d)), torch.zeros(n, dtype=DTYPE), max_iter=iters,
+                              tolerance_grad=1e-13, tolerance_change=1e-16, history_size=50, rounds=5)
     with torch.no_grad():
         S = tril_to_cov(theta, d)
         return S, float(fn(S))

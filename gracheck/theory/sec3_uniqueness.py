@@ -40,7 +40,15 @@ from torch import Tensor
 from gracheck.base.evidence import CheckResult, claim, compare, result, tcompare
 from gracheck.base.text import fmt
 from gracheck.base.tolerances import SignificanceLevel, StandardErrors, tol
-from gracheck.theory.routes import gauss_hermite_2d, mc_agrees, mc_refutes, mean_se, min_above_floor, refutes
+from gracheck.theory.routes import (
+    gauss_hermite_2d,
+    lbfgs_maximise,
+    mc_agrees,
+    mc_refutes,
+    mean_se,
+    min_above_floor,
+    refutes,
+)
 from gracheck.theory.strategies import DTYPE, generator, log_uniform, normal, orthogonal, uniform
 
 LOG2PI = math.log(2 * math.pi)
@@ -1349,32 +1357,8 @@ def _appc_fit(v0: Tensor, fixed: dict[str, Tensor], nonlinearity: str, gh, newto
     """Maximum of the exact ELBO from ``v0``: LBFGS (strong Wolfe, float64) to a gradient norm ~1e-7, then up to ``newton``
     Newton steps with the autograd Hessian of all 15 parameters (a step is taken only if it raises the ELBO), which
     brings the gradient to rounding; returns the parameters and the value."""
-    f = lambda w: _appc_elbo(w, fixed, nonlinearity, gh)  # noqa: E731
-    v = v0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([v], lr=1.0, max_iter=300, tolerance_grad=1e-7, tolerance_change=1e-14, history_size=30,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -f(v)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    v = v.detach()
-    val = float(f(v))
-    for _ in range(newton):
-        g = torch.func.grad(f)(v)
-        if float(g.abs().max()) < 1e-12:
-            break
-        H = torch.func.hessian(f)(v)
-        step = torch.linalg.lstsq(H, -g.unsqueeze(-1)).solution.squeeze(-1)
-        v_new = v + step
-        val_new = float(f(v_new))
-        if not val_new >= val:
-            break
-        v, val = v_new, val_new
-    return v, val
+    return lbfgs_maximise(lambda w: _appc_elbo(w, fixed, nonlinearity, gh), v0, max_iter=300, tolerance_grad=1e-7,
+                          tolerance_change=1e-14, history_size=30, newton=newton)
 
 
 def _appc_start(gen: torch.Generator) -> Tensor:
@@ -1674,29 +1658,7 @@ def _bppca_fit(Cx: Tensor, sigma2: float, beta: float, d: int, A_fixed: Tensor |
         M = w[nA:nA + d * D].reshape(d, D)
         return _bppca_objective(A, M, torch.diag(torch.exp(w[nA + d * D:])), Cx, sigma2, beta)
 
-    w = v.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-15, history_size=30,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -f(w)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w = w.detach()
-    val = float(f(w))
-    for _ in range(6):
-        g = torch.func.grad(f)(w)
-        if float(g.abs().max()) < 1e-12:
-            break
-        step = torch.linalg.lstsq(torch.func.hessian(f)(w), -g.unsqueeze(-1)).solution.squeeze(-1)
-        if not float(f(w + step)) >= val:
-            break
-        w = w + step
-        val = float(f(w))
-    return val
+    return lbfgs_maximise(f, v, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-15, history_size=30, newton=6)[1]
 
 
 def _mf_gap(P: Tensor, beta: float) -> Tensor:
@@ -1996,17 +1958,8 @@ def _sec3s_autograd(*, seed: int, candidate=None, **kw) -> list[CheckResult]:
         ell = (wts * gauss_loglik(x, dec(nodes @ R.T), var)).sum()
         return ell - 0.5 * (m @ m + (s**2).sum() - 2 * torch.log(s).sum() - 2)
 
-    w = torch.tensor([0.0, 0.0, -1.0, -1.0], dtype=DTYPE, requires_grad=True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, tolerance_grad=1e-11, tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -gauss_elbo(w)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    eg = float(gauss_elbo(w.detach()))
+    _, eg = lbfgs_maximise(gauss_elbo, torch.tensor([0.0, 0.0, -1.0, -1.0], dtype=DTYPE), max_iter=200,
+                           tolerance_grad=1e-11, tolerance_change=1e-15)
     floor = tol("sec3-refute-floor").atol
     tq = tol("sec3-grid-quadrature")
     return [

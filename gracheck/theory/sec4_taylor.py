@@ -6,6 +6,11 @@ candidate), Eq. 10 (optimal value), Eq. 11 (Gauss–Newton covariance), and the
 Sec. 7 erratum about the equivalent decoder variance (it is a statement about the
 β-VAE objective of Eq. 2, so it lives with the objective's algebra).
 
+Two claims here take a model-level candidate (issue 16) and are new because no claim stated them: Eq. 7 as an
+objective (``eq7-taylor-objective``; the other claims use it only through its maximiser, Eq. 11) and the
+per-example decoder Jacobian J of Eq. 5–14 (``eq5-decoder-jacobian``; every claim takes J as given), which the
+engine computes and training-mode BatchNorm decoders (App. D) make ambiguous.
+
 Every check compares two independent routes and says which in its docstring.
 Randomness: each check draws its cases from ``strategies.generator(seed)``; the
 symbolic checks use exact rationals drawn from the same generator.
@@ -32,6 +37,7 @@ from gracheck.theory.routes import (
     candidate_failed,
     eq8_cov_terms,
     gauss_hermite_expectation,
+    lbfgs_maximise,
     maximise_over_cov,
     negative_definite,
     rationals,
@@ -219,6 +225,168 @@ def _eq5_autograd(*, seed: int, candidate=None):
     return out
 
 
+# =============================================================== J = ∂g/∂z per example (Eq. 5; the engine)
+
+cJ = claim(
+    "eq5-decoder-jacobian",
+    source="Eq. 5 (J = J_g(z)), used in Eq. 11–14; App. D (BatchNorm decoders)",
+    kind="derivation",
+    takes_candidate=True,
+    statement=(
+        "The J of Eq. 5–14 is, for each example, the Jacobian ∂g(z)/∂z ∈ ℝ^{D×d} of the decoder at that example's "
+        "latent (D the decoder output flattened): for a batch z [B, d], J[b] = ∂g(z_b)/∂z_b. A decoder with "
+        "training-mode BatchNorm (App. D) maps the whole batch at once; its per-example Jacobian is the derivative with "
+        "the batch statistics held constant, since differentiating through them makes J[b] mix in the other examples."
+    ),
+    candidate_signature=(
+        "candidate(decoder, z) -> [B, D, d]: decoder a float64 torch.nn.Module mapping z [B, d] to [B, ...] (in eval or "
+        "training mode; in training mode its BatchNorm layers normalise with the batch's statistics), z [B, d] float64 "
+        "with B ≥ 2. Returns J[b] = ∂g(z_b)/∂z_b with g flattened to D values per example and the batch statistics of "
+        "training-mode BatchNorm held constant, as decoder_jacobian(decoder, z) computes it."
+    ),
+)
+
+
+def _default_jacobian():
+    from gracheck.autodiff import decoder_jacobian
+
+    return decoder_jacobian
+
+
+def _jacobian_slips(dec, Z: Tensor, ref: Tensor) -> dict[str, Tensor]:
+    """The differences (candidate − reference) the named slips make on one decoder and batch: differentiating through
+    training-mode BatchNorm's batch statistics (the diagonal blocks of the batch-to-batch Jacobian), BatchNorm's running
+    statistics in place of the batch's, the unbiased batch variance in place of the biased one BatchNorm normalises
+    with (all zero for a decoder without training-mode BatchNorm)."""
+    import copy
+
+    import torch.nn as nn
+
+    bns = [m for m in dec.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not any(m.training for m in bns):
+        return {}
+    B = Z.shape[0]
+    out = {}
+    full = torch.func.jacrev(lambda zz: copy.deepcopy(dec)(zz).reshape(B, -1))(Z)  # [B, D, B, d]
+    out["differentiated through training-mode BatchNorm's batch statistics (examples mixed)"] = (
+        full[torch.arange(B), :, torch.arange(B)] - ref)
+    from gracheck.theory.candidates import frozen_decoder
+
+    ev = copy.deepcopy(dec).eval()
+    out["BatchNorm's running statistics in place of the batch's (the decoder put in eval mode)"] = torch.stack(
+        [torch.func.jacrev(frozen_decoder(ev, Z))(z) for z in Z]) - ref
+    un = copy.deepcopy(dec).eval()
+    with torch.no_grad():
+        a = Z
+        for m in un:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                dims = [0] + list(range(2, a.dim()))
+                m.running_mean.copy_(a.mean(dims))
+                m.running_var.copy_(a.var(dims, unbiased=True))
+                a = nn.functional.batch_norm(a, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+            else:
+                a = m(a)
+    out["the unbiased batch variance in place of the biased one BatchNorm normalises with"] = torch.stack(
+        [torch.func.jacrev(frozen_decoder(un, Z))(z) for z in Z]) - ref
+    return out
+
+
+def _jacobian_cases(seed: int, conv: bool):
+    """(label, decoder, z batch, reference route) for the Jacobian checks."""
+    import torch.nn as nn
+
+    from gracheck.theory.candidates import conv_module, linear_module, mlp_module
+
+    gen = S.generator(seed + (57 if conv else 55))
+    d, D, B = 3, 7, 5
+    if conv:
+        for mode in ("training", "eval"):
+            dec = conv_module(gen, d).train(mode == "training")
+            yield f"conv decoder (ConvTranspose2d, BatchNorm2d in {mode} mode, ELU), 6×6 output", dec, S.normal(gen, B, d)
+        net = MLP(gen, d, D, hidden=9, act="tanh", scale=1.5)
+        yield "tanh MLP, BatchNorm1d in training mode", mlp_module(net, batchnorm=True, gen=gen).train(), S.normal(gen, B, d)
+        return
+    yield "linear decoder (J = W for every example)", nn.Sequential(linear_module(S.normal(gen, D, d), S.normal(gen, D))), S.normal(gen, B, d)
+    for act, bn, mode, sig in (("tanh", True, "training", False), ("tanh", True, "eval", False), ("elu", False, "eval", True),
+                               ("softplus", True, "training", True)):
+        net = MLP(gen, d, D, hidden=9, act=act, sigmoid=sig, scale=1.5)
+        dec = mlp_module(net, batchnorm=bn, gen=gen).train(mode == "training")
+        label = f"{act} MLP{', BatchNorm1d in ' + mode + ' mode' if bn else ''}{', sigmoid output' if sig else ''}"
+        yield label, dec, S.normal(gen, B, d)
+
+
+def _jacobian_check(cid: str, method: str, cand, cases, reference, seed: int, what: str):
+    from gracheck.theory.candidates import Cases, call_model_candidate
+
+    out = []
+    for label, dec, Z in cases:
+        ref = reference(dec, Z)
+        try:
+            J = call_model_candidate(cand, dec, Z, shape=tuple(ref.shape))
+            single = None
+            if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in dec.modules()):
+                single = call_model_candidate(cand, dec, Z[:1], shape=(1, *ref.shape[1:]))  # alone in its batch
+        except CandidateError as e:
+            out.append(candidate_failed(cid, method, seed, e, f"{label}, z {tuple(Z.shape)}"))
+            continue
+        for with_slips in (False, True):  # the slips are computed only to explain a failure
+            cases_ = Cases()
+            cases_.add(J, ref, slips=_jacobian_slips(dec, Z, ref) if with_slips else None)
+            if single is not None:
+                cases_.add(single, ref[:1])
+            res = cases_.compare(cid, method, "candidate-float64", f"{label}: candidate vs {what}", seed)
+            if res.passed:
+                break
+        out.append(res)
+    return out
+
+
+@cJ.method("closed-form")
+def _jacobian_closed_form(*, seed: int, candidate=None):
+    """Decoders that are chains of Linear, BatchNorm1d and elementwise activations (a linear one; tanh with BatchNorm in
+    training and in eval mode; elu with a sigmoid output; softplus with BatchNorm in training mode and a sigmoid output),
+    a batch of 5 and, without training-mode BatchNorm, the first example alone. Route 1: the candidate. Route 2: the chain
+    rule written out per example, J = Π (Wₗ, diag(γ/√(var + ε)), diag(act′(aₗ))) with BatchNorm's batch statistics (or
+    running ones in eval mode) held constant and the derivatives written by hand (no autodiff). With the library as
+    candidate, each of its routes ("chain", "forward-ad", "vmap") is checked."""
+    from gracheck.theory.candidates import sequential_jacobian
+
+    routes = [("candidate", candidate)] if candidate is not None else [(f"library route {m!r}", _library_route(m)) for m in ("chain", "forward-ad", "vmap")]
+    out = []
+    for name, cand in routes:
+        out += _jacobian_check(cJ.id, "closed-form", cand, _jacobian_cases(seed, conv=False), sequential_jacobian, seed,
+                               f"the chain rule written out ({name})")
+    return out
+
+
+def _library_route(method: str):
+    from gracheck.autodiff import decoder_jacobian
+
+    return lambda decoder, z: decoder_jacobian(decoder, z, method=method)
+
+
+@cJ.method("autograd")
+def _jacobian_autograd(*, seed: int, candidate=None):
+    """A transposed-convolution decoder with BatchNorm2d (training and eval mode; output 6×6, flattened) and a tanh MLP
+    with BatchNorm1d in training mode, a batch of 5. Route 1: the candidate. Route 2: reverse mode (torch.func.jacrev),
+    example by example, of the decoder with every BatchNorm replaced by the affine map it applies to this batch (its
+    batch statistics held constant; running ones in eval mode). A failure says whether the candidate's J is what
+    differentiating through the batch statistics, using the running ones, or the unbiased variance would give. With
+    the library as candidate, each of its routes is checked."""
+    from gracheck.theory.candidates import frozen_decoder
+
+    def reverse(dec, Z):
+        f = frozen_decoder(dec, Z)
+        return torch.stack([torch.func.jacrev(f)(z) for z in Z])
+
+    routes = [("candidate", candidate)] if candidate is not None else [(f"library route {m!r}", _library_route(m)) for m in ("chain", "forward-ad", "vmap")]
+    out = []
+    for name, cand in routes:
+        out += _jacobian_check(cJ.id, "autograd", cand, _jacobian_cases(seed, conv=True), reverse, seed,
+                               f"reverse mode of the frozen-statistics decoder, example by example ({name})")
+    return out
+
+
 # =============================================================== Eq. 6
 
 c6 = claim(
@@ -365,6 +533,143 @@ def fd_hessian_in_region(f, net: MLP, z: Tensor, h: float = _FD_H) -> Tensor | N
     return 0.5 * (H + H.T)
 
 
+# =============================================================== Eq. 7 (the Taylor objective as an implementation)
+
+c7 = claim(
+    "eq7-taylor-objective",
+    source="Eq. 7 (Eq. 4 with Eq. 6's H_f = JᵀH_pJ)",
+    kind="derivation",
+    takes_candidate=True,
+    statement=(
+        "Replacing H_f in Eq. 4 by its Gauss–Newton term JᵀH_pJ (Eq. 5 without the second-derivative term; exact for "
+        "piecewise-linear decoders by Eq. 6) gives the Taylor objective (Eq. 7), log p(x|g(h)) + ½ tr(JᵀH_pJ Σ) − β KL("
+        "N(h, Σ) ‖ N(0, I)); for N(g, I) observations it is log N(x; g(h), I) − ½ tr(JᵀJΣ) − β KL, and for a linear "
+        "decoder it equals the β-VAE objective (Eq. 2) exactly."
+    ),
+    candidate_signature=(
+        "candidate(x, decoder, mean, cov, beta) -> [B], N(g, I) observations: x [B, D], mean [B, d] and cov [B, d, d] "
+        "(symmetric positive definite) float64, decoder a float64 torch.nn.Module mapping [B, d] → [B, D], beta a float "
+        "> 0. Returns, per example, log N(x; g(h), I) − ½ tr(JᵀJ Σ) − β KL(N(h, Σ) ‖ N(0, I)) with h = mean, Σ = cov, "
+        "J = ∂g/∂z at h, every constant included (−D/2 log 2π), as taylor_objective(x, decoder, mean, cov, beta, "
+        "GaussianObs()) computes it. Each example's value depends on that example only."
+    ),
+)
+
+
+def _default_eq7():
+    from gracheck.likelihoods import GaussianObs
+    from gracheck.objectives import taylor_objective
+
+    return lambda x, decoder, mean, cov, beta: taylor_objective(x, decoder, mean, cov, beta, GaussianObs())
+
+
+def _eq7_terms(X: Tensor, G: Tensor, H: Tensor, C: Tensor, J: Tensor, beta: float):
+    """Eq. 7's terms per example for N(g, I) (X, G ``[E, D]``, H ``[E, d]``, C ``[E, d, d]``, J ``[E, D, d]``) and the
+    differences the named slips make: the KL's prior term or log-det dropped, only diag(Σ) or Σ⁻¹ in the curvature
+    term, and GRAE (the value at Eq. 11's Σ*) in place of the value at the given Σ."""
+    from gracheck.theory.candidates import kl_to_standard_normal
+
+    E, D, d = J.shape
+    G_ = J.transpose(-1, -2) @ J
+    curv = -0.5 * (G_ * C).sum((-2, -1))
+    parts = {
+        "the constant −D/2 log 2π": torch.full((E,), -D / 2 * math.log(2 * math.pi), dtype=DT),
+        "the reconstruction term −½‖x − g(h)‖²": -0.5 * (X - G).pow(2).sum(-1),
+        "the curvature term −½ tr(JᵀJΣ)": curv,
+        "the KL term −β KL(N(h, Σ) ‖ N(0, I))": -beta * kl_to_standard_normal(H, C),
+    }
+    eye = torch.eye(d, dtype=DT)
+    A = eye + G_ / beta
+    AS = A @ C
+    gap = beta / 2 * (torch.diagonal(AS, dim1=-2, dim2=-1).sum(-1) - torch.linalg.slogdet(AS)[1] - d)
+    slips = {
+        "the KL without its prior term ½‖h‖²": beta / 2 * H.pow(2).sum(-1),
+        "the KL without its log-determinant −½ log|Σ|": -beta / 2 * torch.linalg.slogdet(C)[1],
+        "only the diagonal of Σ in the curvature term": -0.5 * (G_ * torch.diag_embed(torch.diagonal(C, dim1=-2, dim2=-1))).sum((-2, -1)) - curv,
+        "Σ⁻¹ in place of Σ in the curvature term": -0.5 * (G_ * torch.linalg.inv(C)).sum((-2, -1)) - curv,
+        "GRAE (Eq. 7 at Eq. 11's optimal Σ*) in place of Eq. 7 at the given Σ": gap,
+    }
+    return parts, slips
+
+
+def _eq7_case(cand, X, dec, H, C, beta, label):
+    from gracheck.theory.candidates import call_model_candidate
+
+    v = call_model_candidate(cand, X, dec, H, C, beta, shape=(X.shape[0],))
+    v1 = call_model_candidate(cand, X[:1], dec, H[:1], C[:1], beta, shape=(1,))
+    return v, v1
+
+
+@c7.method("closed-form")
+def _eq7_closed_form(*, seed: int, candidate=None):
+    """Linear decoders g(z) = Wz + b (nn.Linear; (D, d) ∈ {(5, 2), (6, 3)}, β ∈ {0.3, 2.5}), where Eq. 7 is the β-VAE
+    objective itself, batches of 3 and the first example alone. Route 1: the candidate. Route 2: Eq. 2 computed
+    without Eq. 7's algebra: E_q log N(x; Wz + b, I) by Gauss–Hermite quadrature (3 nodes per dimension, exact for
+    this quadratic integrand) minus β KL by torch.distributions."""
+    from gracheck.theory.candidates import Cases, gaussian_log_density, kl_to_standard_normal, linear_module
+    from gracheck.theory.routes import gauss_hermite_expectation
+
+    cand = candidate or _default_eq7()
+    gen = S.generator(seed + 7)
+    cases = Cases()
+    for (D, d), beta in (((5, 2), 0.3), ((6, 3), 2.5)):
+        W, b = S.jacobian(gen, D, d, low=0.3, high=3.0), S.normal(gen, D)
+        H = S.normal(gen, 3, d)
+        C = S.spd(gen, d, (3,), low=0.05, high=1.5)
+        X = H @ W.T + b + S.normal(gen, 3, D)
+        try:
+            v, v1 = _eq7_case(cand, X, linear_module(W, b), H, C, beta, "linear")
+        except CandidateError as e:
+            return candidate_failed(c7.id, "closed-form", seed, e, f"linear decoder {tuple(W.shape)}, beta={beta}")
+        e_logp = torch.stack([gauss_hermite_expectation(lambda Z, x=x: gaussian_log_density(x.expand(Z.shape[0], D), Z @ W.T + b), h, c, 3)
+                              for x, h, c in zip(X, H, C)])
+        ref = e_logp - beta * kl_to_standard_normal(H, C)
+        parts, slips = _eq7_terms(X, H @ W.T + b, H, C, W.expand(3, D, d), beta)
+        cases.add(v, ref, parts, slips)
+        cases.add(v1, ref[:1], {k: t[:1] for k, t in parts.items()}, {k: t[:1] for k, t in slips.items()})
+    return cases.compare(c7.id, "closed-form", "candidate-float64",
+                         "candidate vs the exact β-VAE objective of a linear decoder (Gauss–Hermite E_q log N(x; Wz + b, I), "
+                         "exact for a quadratic, − β KL by torch.distributions)", seed)
+
+
+@c7.method("autograd")
+def _eq7_autograd(*, seed: int, candidate=None):
+    """Real networks (nn.Sequential, d = 3, D = 8), batches of 3 and the first example alone, β ∈ {0.21, 1.6}.
+    tanh and elu: route 2 is log N(x; g(h), I) − ½ tr(JᵀJΣ) − β KL with J by reverse mode (jacrev) and KL by
+    torch.distributions. relu (piecewise linear): route 2 is Eq. 4 itself, log N(x; g(h), I) + ½ tr(H_f Σ) − β KL
+    with the exact Hessian H_f of z ↦ log N(x; g(z), I) by torch.func.hessian, which equals JᵀH_pJ there (Eq. 6)."""
+    from gracheck.theory.candidates import Cases, gaussian_log_density, kl_to_standard_normal, mlp_module
+
+    cand = candidate or _default_eq7()
+    gen = S.generator(seed)
+    cases = Cases()
+    d, D = 3, 8
+    for act in ("tanh", "elu", "relu"):
+        net = MLP(gen, d, D, hidden=12, act=act, scale=1.5)
+        dec = mlp_module(net)
+        for beta in (0.21, 1.6):
+            H = S.normal(gen, 3, d)
+            C = S.spd(gen, d, (3,), low=0.05, high=1.5)
+            X = net(H) + S.normal(gen, 3, D)
+            try:
+                v, v1 = _eq7_case(cand, X, dec, H, C, beta, act)
+            except CandidateError as e:
+                return candidate_failed(c7.id, "autograd", seed, e, f"{net!r}, beta={beta}")
+            J = torch.stack([torch.func.jacrev(net)(h) for h in H])
+            kl = kl_to_standard_normal(H, C)
+            if act == "relu":
+                Hf = torch.stack([torch.func.hessian(lambda z, x=x: gaussian_log_density(x, net(z)))(h) for x, h in zip(X, H)])
+                ref = gaussian_log_density(X, net(H)) + 0.5 * (Hf * C).sum((-2, -1)) - beta * kl
+            else:
+                ref = gaussian_log_density(X, net(H)) - 0.5 * (J.transpose(-1, -2) @ J * C).sum((-2, -1)) - beta * kl
+            parts, slips = _eq7_terms(X, net(H), H, C, J, beta)
+            cases.add(v, ref, parts, slips)
+            cases.add(v1, ref[:1], {k: t[:1] for k, t in parts.items()}, {k: t[:1] for k, t in slips.items()})
+    return cases.compare(c7.id, "autograd", "candidate-float64",
+                         "candidate vs Eq. 7 with J by jacrev (tanh, elu) and vs Eq. 4 with the exact Hessian by "
+                         "torch.func.hessian (relu, where H_f = JᵀH_pJ), batches of 3 and the first example alone", seed)
+
+
 # =============================================================== Eq. 8
 
 c8 = claim(
@@ -491,8 +796,9 @@ c9 = claim(
     statement=(
         "For symmetric H_f with I − H_f/β positive definite, the unique maximiser of Eq. 8 over SPD Σ is the stationary "
         "point of ½H_f − β/2 (I − Σ⁻¹) = 0, Σ* = (I − H_f/β)⁻¹; when I − H_f/β is not positive definite Eq. 8 is "
-        "unbounded above in Σ (no maximiser). Candidate: candidate(H, beta) -> Σ*, H [..., d, d] symmetric, beta a float."
+        "unbounded above in Σ (no maximiser)."
     ),
+    candidate_signature="candidate(H, beta) -> Sigma: H [..., d, d] symmetric float64, beta a float > 0 → Σ* [..., d, d].",
 )
 
 
@@ -965,18 +1271,9 @@ def _erratum_variance_autograd(*, seed: int, candidate=None):
     x = 1.5 * S.normal(gen, 6)
 
     def fit(obj):
-        p = torch.cat([torch.tensor([0.8], dtype=DT), torch.zeros(12, dtype=DT)]).requires_grad_(True)
-        opt = torch.optim.LBFGS([p], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = -obj(p[0], p[1:7], torch.exp(2 * p[7:]))
-            loss.backward()
-            return loss
-
-        for _ in range(4):
-            opt.step(closure)
-        return p.detach()
+        p0 = torch.cat([torch.tensor([0.8], dtype=DT), torch.zeros(12, dtype=DT)])
+        return lbfgs_maximise(lambda p: obj(p[0], p[1:7], torch.exp(2 * p[7:])), p0, max_iter=500,
+                              tolerance_grad=1e-12, tolerance_change=1e-15, rounds=4)[0]
 
     def elbo_var(v):
         return lambda a, m, s2: (-((x - a * m) ** 2 + a**2 * s2) / (2 * v) - 0.5 * math.log(2 * math.pi * v)

@@ -90,9 +90,11 @@ cg = claim(
         "For Gaussian q = N(h, Σ), prior N(0, I) and N(g, I) observations, GRAE (Eq. 13, maximisation form) minus the "
         "Taylor objective (Eq. 7) is β/2 [tr(AΣ) − log|AΣ| − d] with A = I + JᵀJ/β, i.e. β·KL(N(0, Σ) ‖ N(0, A⁻¹)); "
         "it is ≥ 0, zero iff Σ = A⁻¹ (Eq. 11), quadratic in a small misspecification of Σ, and for Σ following the "
-        "full Hessian (Eq. 9) of a smooth decoder it shrinks linearly as β → 0. Candidate: "
-        "candidate(J, Sigma, beta) -> the gap including the β/2 factor (as the library's taylor_gap), "
-        "J [..., D, d], Sigma [..., d, d] SPD → [...]."
+        "full Hessian (Eq. 9) of a smooth decoder it shrinks linearly as β → 0."
+    ),
+    candidate_signature=(
+        "candidate(J, Sigma, beta) -> the gap including the β/2 factor (as the library's taylor_gap): J [..., D, d], "
+        "Sigma [..., d, d] SPD, both float64, beta a float > 0 → [...]."
     ),
 )
 
