@@ -164,7 +164,14 @@ def test_plan_text_json_schema_only_totals_and_shared_jobs(cache):
     for cid in (FIG1, FIG3, EQ6):
         assert cid in text
     assert "shared with fig3-objectives-agree: counted once" in text and "Total for the 3 claim(s)" in text
-    assert "Not in the FLOP counts" in text
+    assert "Not in the FLOP counts" in text and "GPU floor" in text
+    # the GPU floor: each job's counted FLOPs at the H200 rate of the precision its kind runs in on CUDA
+    rate = {"train": 788.0e12, "evaluate": 66.9e12, "trials": 66.9e12}
+    for c in doc["claims"]:
+        counted = [j for j in c["jobs"] if j["flops"] is not None]
+        assert c["gpu_floor"]["seconds"] == pytest.approx(sum(j["flops"] / rate[j["kind"]] for j in counted))
+        assert c["gpu_floor"]["complete"] == (len(counted) == len(c["jobs"]))
+    assert doc["gpu_floor"]["seconds"] < sum(c["gpu_floor"]["seconds"] for c in doc["claims"])  # shared once
     # --only a subset: its own total
     sub = build_plan(scale="paper", device="cpu", only=[FIG3], configs={FIG3: configs[FIG3]})
     assert [c["claim_id"] for c in sub["claims"]] == [FIG3]
@@ -312,6 +319,23 @@ def test_gpu_script_at_tiny_size_end_to_end_and_the_report_reads_it(tmp_path):
         assert entry["verdict"] in ("verified", "refuted", "inconclusive") and entry["results"]
         assert entry["figures"] and all((tmp_path / "rep" / f).is_file() for f in entry["figures"])
         assert "achieved" in provenance_line(entry) and "commit " in provenance_line(entry)
+    # the report shows the file beside the (here: not run) smoke numbers, labelled by its scale, with its provenance
+    from gracheck.report import build_report
+
+    with dl.deadline(0):
+        rep = build_report(tmp_path / "rep2", only=[FIG3], device="cpu", results_dir=results, quiet=True)
+    for page in (rep.markdown_path, rep.html_path):
+        txt = page.read_text()
+        assert "custom scale, NOT the paper&#x27;s settings" in txt or "custom scale, NOT the paper's settings" in txt
+        assert "Provenance:" in txt and "achieved" in txt
+    assert json.loads(rep.results_path.read_text())["claims"][0]["status"] == "skipped"
+    # a paper-scale config run on a CPU is labelled a CPU run, never a GPU run
+    raw = json.loads((results / f"{FIG3}-paper.json").read_text())
+    cpu_dir = tmp_path / "cpu-paper"
+    cpu_dir.mkdir()
+    (cpu_dir / f"{FIG3}-paper.json").write_text(json.dumps({**raw, "scale": "paper"}))
+    label = load_paper_result(get(FIG3), cpu_dir, tmp_path / "rep3", seed=0)["label"]
+    assert label.startswith("paper scale (CPU run") and "GPU" not in label
     # a second command on the same cache: everything is cached, nothing retrained
     p2 = subprocess.run([*cmd, "--no-suite-plan"], capture_output=True, text=True, env=env, timeout=900)
     assert p2.returncode == 0, p2.stdout[-3000:]

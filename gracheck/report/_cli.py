@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 dev = check_device(args.device if args.device is not None else default_device())
                 return plan_main(scale=args.scale, device=dev, only=args.only, seed=args.seed, as_json=args.json,
-                                 budget=args.budget)
+                                 budget=args.budget, quiet=args.quiet)
             run = run_with_budget(args.budget, out_dir=args.out, scale=args.scale, device=args.device, only=args.only,
                                   seed=args.seed, strict=args.strict, quiet=args.quiet, use_cache=not args.no_cache)
         except UsageError as e:

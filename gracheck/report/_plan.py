@@ -121,12 +121,13 @@ def build_plan(*, scale: str = "paper", device: str = "cpu", only: Iterable[str]
             jobs_doc.append(entry)
         c = get(cid)
         claims_doc.append({"claim_id": cid, "source": c.source, "scale": _scale_of(mod, cfg), "result_cached": cached,
-                           "jobs": jobs_doc,
-                           "total": _total(jobs_doc, shared_once=False)})
+                           "jobs": jobs_doc, "total": _total(jobs_doc, shared_once=False),
+                           "gpu_floor": gpu_floor(jobs_doc)})
     doc = {
         "format": PLAN_FORMAT, "gracheck_version": __version__, "created": now_utc(), "scale": scale,
         "seed": seed, **_device_info(device), "git_commit": git_commit(), "priority": list(PRIORITY),
         "claims": claims_doc, "total": _total([j for c in claims_doc for j in c["jobs"]], shared_once=True),
+        "gpu_floor": gpu_floor([j for c in claims_doc for j in c["jobs"] if j["counted_in_total"]]),
         "not_counted_flops": NOT_COUNTED,
         "not_timed": NOT_TIMED, "budget": None, "load_average_before": load0,
         "load_average_after": _loadavg(), "seconds": time.perf_counter() - t0,
@@ -134,6 +135,39 @@ def build_plan(*, scale: str = "paper", device: str = "cpu", only: Iterable[str]
     if budget is not None:
         doc["budget"] = simulate_budget(doc, budget)
     return doc
+
+
+# The precision each kind of job runs in on CUDA (gracheck.report.paper_run's docstring) and the H200 rate it is
+# compared with (TFLOP/s, gracheck.report.paper_run.PEAKS): training under bf16 autocast (the bf16 matmul rate
+# measured on this workplace's H200), evaluation in float64 (fp64 tensor cores), Fig. 1's trials in float32
+# without TF32.
+FLOOR_PEAK = {"train": ("bf16_measured_here", "bf16"), "evaluate": ("fp64_tensor", "fp64"), "trials": ("fp32", "fp32")}
+FLOOR_DEVICE = "H200"
+
+
+def gpu_floor(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A lower bound on the jobs' time on one H200: their counted FLOPs at the device's peak for the precision
+    each kind runs in (:data:`FLOOR_PEAK`). Not a prediction: small convolutions reach a fraction of peak, and
+    what the counter leaves out (elementwise work: almost all of Fig. 1's) is not in it; a job without a FLOP
+    count is left out and ``complete`` says so. The prediction for a GPU is ``--plan --device cuda`` there."""
+    from gracheck.report.paper_run import PEAKS
+
+    peaks = PEAKS[FLOOR_DEVICE]
+    secs, complete = 0.0, True
+    for j in jobs:
+        key, _ = FLOOR_PEAK[j["kind"]]
+        if j["flops"] is None:
+            complete = False
+            continue
+        secs += j["flops"] / (peaks[key] * 1e12)
+    return {"device": FLOOR_DEVICE, "seconds": secs, "complete": complete,
+            "peaks_tflops": {kind: peaks[key] for kind, (key, _) in FLOOR_PEAK.items()},
+            "precision": {kind: prec for kind, (_, prec) in FLOOR_PEAK.items()}}
+
+
+def _floor_text(f: dict[str, Any]) -> str:
+    return (f"≥ {_fmt_s(f['seconds'])} on one {f['device']} at peak"
+            + ("" if f["complete"] else " (jobs without a FLOP count left out)"))
 
 
 def _scale_of(mod, cfg) -> str:
@@ -215,6 +249,7 @@ def render_plan_text(doc: dict[str, Any]) -> str:
          "Estimates from short measured warm-ups on this device, not runs; nothing was trained.", ""]
     for i, c in enumerate(doc["claims"], 1):
         L.append(f"{i}. {c['claim_id']} ({c['source']}; {c['scale']} scale)")
+        said_blocked = None
         for j in c["jobs"]:
             flags = []
             if j["done"]:
@@ -222,7 +257,9 @@ def render_plan_text(doc: dict[str, Any]) -> str:
             if j["shared_with"]:
                 flags.append(f"shared with {j['shared_with']}: counted once")
             if j["blocked"]:
-                flags.append(f"cannot run here: {j['blocked']}")
+                flags.append("cannot run here (as above)" if j["blocked"] == said_blocked
+                             else f"cannot run here: {j['blocked']}")
+                said_blocked = j["blocked"]
             if j["error"]:
                 flags.append(f"not measured: {j['error']}")
             steps = f"{j['steps']} steps" if j["steps"] else ""
@@ -239,12 +276,18 @@ def render_plan_text(doc: dict[str, Any]) -> str:
         t = c["total"]
         L.append(f"   claim total: {t['runs']} models/trials, {_fmt_flops(t['flops'])} counted"
                  f"{'' if t['flops_complete'] else ' (some jobs not counted)'}, est. {_fmt_s(t['seconds'])}"
-                 f"{'' if t['seconds_complete'] else ' (some jobs not estimated)'}, {_fmt_s(t['remaining_seconds'])} left")
+                 f"{'' if t['seconds_complete'] else ' (some jobs not estimated)'}, {_fmt_s(t['remaining_seconds'])} left; "
+                 f"GPU floor {_floor_text(c['gpu_floor'])}")
         L.append("")
     t = doc["total"]
     L.append(f"Total for the {len(doc['claims'])} claim(s) (jobs shared between claims counted once): {t['runs']} "
              f"models/trials, {_fmt_flops(t['flops'])} counted, est. {_fmt_s(t['seconds'])} on {doc['device']}, "
-             f"{_fmt_s(t['remaining_seconds'])} left.")
+             f"{_fmt_s(t['remaining_seconds'])} left; GPU floor {_floor_text(doc['gpu_floor'])}.")
+    pk = doc["gpu_floor"]["peaks_tflops"]
+    L.append(f"GPU floor: counted FLOPs at one {doc['gpu_floor']['device']}'s peak for each job's precision on CUDA "
+             f"(training bf16 {pk['train']:g}, evaluation fp64 {pk['evaluate']:g}, Fig. 1 trials fp32 "
+             f"{pk['trials']:g} TFLOP/s): a lower bound, not a prediction (small convolutions reach a fraction of "
+             "peak; Fig. 1's count leaves out almost all of its work). For the GPU's own estimate run --plan there.")
     if doc.get("not_counted_flops"):
         L.append(f"Not in the FLOP counts: {doc['not_counted_flops']}.")
     L.append(f"Not in the times: {doc['not_timed']}.")
@@ -259,11 +302,19 @@ def render_plan_text(doc: dict[str, Any]) -> str:
     return "\n".join(L) + "\n"
 
 
-def plan_main(*, scale: str, device: str, only, seed: int, as_json: bool, budget: float | None) -> int:
-    """``--plan``: print the plan (text, or JSON with ``as_json``); 0, or 3 when a job could not be measured."""
-    quiet = not sys.stderr.isatty()
-    doc = build_plan(scale=scale, device=device, only=only, seed=seed, budget=budget,
-                     progress=None if quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
+def plan_main(*, scale: str, device: str, only, seed: int, as_json: bool, budget: float | None,
+              quiet: bool = False) -> int:
+    """``--plan``: print the plan (text, or JSON with ``as_json``); 0, or 3 when a job could not be measured.
+    Progress lines go to stderr unless ``quiet``, starting with how long the measuring takes."""
+    say = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    if say is not None:
+        n = len(_empirical_ids(only))
+        say(f"plan: measuring short warm-ups of {n} empirical claim(s) on {device}, nothing trained: one step per "
+            "architecture and one evaluation unit per experiment; " + (
+                "at paper scale on a CPU that is minutes (about 5 min on a loaded 2-core machine: one float64 "
+                "evaluation unit of a full-width net takes tens of seconds), at smoke scale about a minute"
+                if not device.startswith("cuda") else "on a GPU, about a minute"))
+    doc = build_plan(scale=scale, device=device, only=only, seed=seed, budget=budget, progress=say)
     if as_json:
         print(json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False))
     else:

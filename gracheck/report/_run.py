@@ -397,8 +397,11 @@ def load_paper_result(claim: Claim, results_dir: Path | None, out_dir: Path, *, 
     from gracheck.report._text import device_text
 
     when, dev = prov.get("date") or res.created or "undated", device_text(prov.get("device")) or res.device
-    if res.scale == "paper":
-        label = f"paper scale (GPU run committed in results/, {when}, {dev})"
+    pdev = prov.get("device")
+    dtype = pdev.get("type") if isinstance(pdev, dict) else None
+    on_gpu = dtype == "cuda" if dtype else str(res.device).startswith("cuda")
+    if res.scale == "paper":  # the device kind as recorded: a paper-scale run on a CPU is never called a GPU run
+        label = f"paper scale ({'GPU' if on_gpu else 'CPU'} run committed in results/, {when}, {dev})"
     else:  # e.g. the paper-run script's tiny test size: never presented as the paper's numbers
         label = f"{res.scale} scale, NOT the paper's settings (from {path.name}, {when}, {dev})"
     entry.update(
