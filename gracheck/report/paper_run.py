@@ -369,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("WATCHDOG: the budget is spent and a computation without checkpoints is still running; packing the "
              "finished results and exiting (exit code 4)")
         try:
+            for e in summary["claims"]:
+                if e["status"] is None:
+                    e.update(status="skipped", reason="not run here (budget): stopped by the watchdog at the deadline")
             pack({**summary, "exit_code": 4, "watchdog": True, "seconds": time.time() - started})
         finally:
             os._exit(4)
@@ -400,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cid in args.claims:
             cfg, mod = configs[cid], experiment_module(cid)
             entry: dict[str, Any] = {"claim_id": cid, "status": None, "reason": "", "seconds": 0.0, "result": None}
+            summary["claims"].append(entry)  # listed while it runs: the watchdog's summary names it
             t0 = time.time()
             if args.size == "paper" and not args.redo and _committed(cid, cfg):
                 entry.update(status="already committed", reason=f"results/{cid}-paper.json holds this config")
@@ -425,7 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     exit_code = 3
             entry["seconds"] = time.time() - t0
             _say(f"{cid}: {entry['status']}" + (f" ({entry['reason']})" if entry["reason"] else ""))
-            summary["claims"].append(entry)
     if exit_code == 0 and any(e["status"] == "skipped" for e in summary["claims"]):
         exit_code = 4
     dog.cancel()
