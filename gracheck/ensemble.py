@@ -96,6 +96,10 @@ wall time) and ``ensemble-member.json`` (which ensemble, which index, the total 
 by config (``experiments/_zoo.model_dir``) can thus pass its folders as ``model_dirs`` and pick each
 model up as if trained alone. Intermediate checkpoints live only in ``out_dir``.
 
+Deadline: under :func:`gracheck.base.deadline.deadline` (the report's ``--budget``) the loop checks after
+every step; once the deadline has passed it writes an ensemble checkpoint of that step and raises
+:class:`gracheck.base.deadline.DeadlineReached` (no member export); ``resume=True`` continues from it.
+
 Resume: ``resume=True`` continues from the newest readable ensemble checkpoint (a corrupt newest one
 is named in a warning and the previous one is used); killed at any step (SIGKILL) and resumed, the
 ensemble ends bitwise equal on CPU to an uninterrupted run (tested). Checkpoint reading and writing
@@ -129,6 +133,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gracheck import nets, posteriors
+from gracheck.base import deadline as _deadline
 from gracheck import train as _tr
 from gracheck._chain import ACTIVATION_RULES, CHAIN_ROWS, batch_stats, channel_shape, normalise
 from gracheck.objectives import grae_regularizer, hadamard_bound, sample_columns
@@ -1447,6 +1452,11 @@ def _train_ensemble(cfgs, out: Path, dirs: list[Path], resume, progress, data_ro
                 bar.update(1)
             if callback is not None:
                 callback(done, [dict(r) for r in metrics], run)
+            if done < cfg.steps and _deadline.expired():  # the budget's deadline: checkpoint this step and stop
+                if last_ckpt is None or last_ckpt.name != f"ckpt-{done:08d}.pt":
+                    last_ckpt = write_ckpt(done, seconds)
+                raise _deadline.DeadlineReached(f"ensemble of {M} {cfg.model} {cfg.dataset} models in {out}", done,
+                                                cfg.steps, str(last_ckpt))
     finally:
         if bar is not None:
             bar.close()

@@ -81,7 +81,9 @@ names the checkpoint; ``python -m gracheck.train`` prints that one line on stder
 second signal while the step finishes acts as usual (Ctrl-C raises KeyboardInterrupt at once,
 SIGTERM ends the process) and loses the steps since the last checkpoint.
 Under DDP the processes agree on the step to stop after (the flag rides on the per-step
-all-reduce that already exists).
+all-reduce that already exists). A deadline set by :func:`gracheck.base.deadline.deadline` (the
+report's ``--budget``) acts the same way: after the step during which it passed the trainer writes a
+checkpoint and raises :class:`gracheck.base.deadline.DeadlineReached`; resuming continues bitwise.
 
 Exit codes of ``python -m gracheck.train``: 0 done; 1 an internal error (traceback); 2 bad
 options, config or data (also argparse's usage errors); 3 training diverged; 4 OUT is in use by
@@ -117,6 +119,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from gracheck import nets, objectives, posteriors
+from gracheck.base import deadline as _deadline
 from gracheck.base.files import FolderLock, FolderLocked, is_terminal
 from gracheck.base.files import atomic_write_bytes as _files_atomic_write_bytes
 from gracheck.base.stats import derive_seed
@@ -1138,7 +1141,7 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
                         "; its terms are finite, their combination overflows" if bad == "objective" else ""))
             except _NonFinite as e:
                 err = e
-            stop_now = stop.signum is not None
+            stop_now = stop.signum is not None or (done < cfg.steps and _deadline.expired())
             if world > 1:  # every rank must stop together, or the others hang in the all-reduce
                 flag = torch.tensor([0.0 if err is None else 1.0, 1.0 if stop_now else 0.0], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -1176,10 +1179,13 @@ def _train(cfg, out: Path, resume, progress, data_root, callback, rank, world, d
             if callback is not None:
                 callback(done, dict(last_train), model)
             if world == 1:
-                stop_now = stop.signum is not None
+                stop_now = stop.signum is not None or (done < cfg.steps and _deadline.expired())
             if stop_now:  # finish this step, checkpoint it, and stop
                 if last_ckpt is None or last_ckpt.name != f"ckpt-{done:08d}.pt":
                     last_ckpt = write_ckpt(done, seconds)
+                if stop.signum is None and _deadline.expired():  # the budget's deadline, not a signal
+                    raise _deadline.DeadlineReached(f"{cfg.model} {cfg.dataset} run in {out}", done, cfg.steps,
+                                                    str(last_ckpt))
                 signum = stop.signum if stop.signum is not None else signal.SIGTERM
                 raise TrainingInterrupted(int(signum), done, cfg.steps, str(last_ckpt))
     finally:

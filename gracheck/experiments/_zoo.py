@@ -125,6 +125,9 @@ def _ensemble_dir(configs: Sequence) -> Path:
     return cache_dir() / "ensembles" / cache_key([model_dir(c).name for c in configs])
 
 
+ensemble_dir = _ensemble_dir  # public: the budget's plan reads a part-trained chunk's checkpoint step from it
+
+
 def train_grid(
     configs: Sequence,
     *,

@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -466,6 +467,36 @@ def model_configs(cfg: Config, *, seed: int, device: str) -> list[tuple[str, int
 def grid_configs(cfg: Config, *, seed: int, device: str) -> list:
     """The TrainConfigs of every model (fig3's ELU grid, one ensemble, and the ReLU control, alone)."""
     return [tc for _, _, _, tc in model_configs(cfg, seed=seed, device=device)]
+
+
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config`` (:mod:`gracheck.experiments._plan`): fig3's ELU models (the same configs: shared
+    jobs) and the ReLU control as ensembles, then R by both routes at ``n_test`` points per model."""
+    from gracheck.experiments._plan import final_job, measure_probe, sum_estimates, training_jobs
+    from gracheck.train import build_model
+
+    _validate(config)
+    models = model_configs(config, seed=seed, device=device)
+    cfgs = grid_configs(config, seed=seed, device=device)
+    by_kind = {kind: tc for kind, _, _, tc in models}
+    n_kind = {kind: sum(k == kind for k, _, _, _ in models) for kind in by_kind}
+
+    def probe(kind: str):
+        def run_probe(dev: str, k: int) -> None:
+            with torch_threads(config.num_threads):
+                evaluate_model(build_model(by_kind[kind]), torch.rand(k, 1, 28, 28), device=dev,
+                               eval_batch=config.eval_batch, fd=kind == "relu", fd_step=config.fd_step,
+                               fd_margin=config.fd_margin)
+        return run_probe
+
+    def measure(dev: str):
+        return sum_estimates([measure_probe(probe(kind), units=n_kind[kind] * config.n_test, batch=config.eval_batch,
+                                            device=dev, key=(CLAIM_ID, kind, json.dumps(config_dict(config))),
+                                            what=f"evaluate_model ({kind} decoder)") for kind in by_kind])
+
+    return [*training_jobs(CLAIM_ID, cfgs), final_job(
+        CLAIM_ID, what=f"R by both routes (full Hessians, float64; route FD for the ReLU control) at {config.n_test} held-out points × {len(cfgs)} "
+                       "models; bootstrap statistics and figure not timed", measure=measure)]
 
 
 def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None = None) -> ExperimentResult:

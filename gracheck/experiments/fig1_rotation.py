@@ -195,6 +195,7 @@ from gracheck.data.synthetic import NONLINEARITIES, make_synthetic, nonlinearity
 from gracheck.experiments._common import (
     ExperimentResult,
     Metric,
+    cached_piece,
     config_dict,
     config_from_dict,
     experiment_claim,
@@ -1599,7 +1600,7 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
         for nl in config.nonlinearities:
             if progress is not None:
                 progress(f"fig1: training {_setting_key(nl, amortised)} ({2 * config.trials(nl)} runs, batched)")
-            settings.append(run_setting(config, nl, amortised, seed=seed, device=device, progress=progress))
+            settings.append(_setting_piece(config, nl, amortised, seed=seed, device=device, progress=progress))
     data = {"settings": settings}
     metrics: dict[str, Metric] = {}
     for si, s in enumerate(settings):
@@ -1659,6 +1660,69 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress=None) -> Ex
         data=data,
         notes=notes,
     )
+
+
+def _setting_piece(config: Config, nl: str, amortised: bool, *, seed: int, device: str, progress=None) -> dict[str, Any]:
+    """:func:`run_setting` cached as a piece of the experiment (one per (ν, amortised?); see ``_common.cached_piece``),
+    so that a budget can run the settings in separate processes."""
+    return cached_piece(CLAIM_ID, config, seed, device, _setting_key(nl, amortised),
+                        lambda: run_setting(config, nl, amortised, seed=seed, device=device, progress=progress))
+
+
+# ----------------------------------------------------------------------------------------------
+# plan: one job per (ν, amortised?) setting, then the statistics (gracheck.experiments._plan)
+# ----------------------------------------------------------------------------------------------
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config``: one job per (ν, amortised?) setting (all its runs batched), then the statistics.
+
+    A setting's cost is :func:`estimate_cost`'s: a short warm-up of :func:`train_batched` on the full
+    batch and on a quarter of it, extrapolated over the schedule as the trials leave the batch
+    (time = a·max_t(steps_t) + b·Σ_t steps_t), plus the optimum search timed per iteration.
+    """
+    from gracheck.experiments._common import piece_done
+    from gracheck.experiments._plan import Estimate, Job, final_job
+
+    _validate(config)
+    jobs = []
+    for amortised in config.amortised:
+        for nl in config.nonlinearities:
+            key = _setting_key(nl, amortised)
+            runs = trial_plan(config, nl)
+            n_points, sched, _, _ = config.sizes(nl)
+            jobs.append(Job(
+                claim_id=CLAIM_ID, name=f"trials {key}", kind="trials", runs=len(runs),
+                steps=max(schedule_steps(n, config) for _, n, _ in runs),
+                what=(f"{len(runs)} runs batched ({config.trials(nl)} trials × diagonal/full Σ), ν = {nl}, "
+                      f"{'amortised' if amortised else 'unamortised'}, {n_points} points, n ∈ "
+                      f"{{{', '.join(str(n) for n in sched)}}}, {config.dtype}, then the optimum of every draw"),
+                measure=lambda dev, nl=nl, am=amortised: _measure_setting(config, nl, am, seed=seed, device=dev),
+                execute=lambda dev, prog, nl=nl, am=amortised: _setting_piece(config, nl, am, seed=seed, device=dev,
+                                                                             progress=prog),
+                done=lambda key=key: piece_done(CLAIM_ID, config, seed, device, key),
+                blocked=None,
+            ))
+    assumed = Estimate(30.0, None, "assumed, not measured: bootstrap statistics and one figure from the cached settings")
+    jobs.append(final_job(CLAIM_ID, what=f"statistics ({config.bootstrap} bootstrap resamples per setting) and the figure",
+                          measure=lambda dev: assumed, blocked=None))
+    return jobs
+
+
+def _measure_setting(cfg: Config, nl: str, amortised: bool, *, seed: int, device: str):
+    """Estimate of one setting's work on ``device`` (its batched training and its optimum search), from
+    :func:`estimate_cost`'s short measured warm-up (see :func:`plan`)."""
+    from gracheck.experiments._plan import Estimate
+
+    row = estimate_cost(cfg, device=device, settings=[(nl, amortised)], seed=seed)["settings"][0]
+    a, b = row["seconds_per_step_fit"]
+    return Estimate(
+        row["seconds"], int(row["flops"]),
+        f"estimate_cost on {device}: train_batched timed on the full batch and a quarter of it (seconds/step = a + "
+        f"b·trials, a = {a * 1e3:.3g} ms, b = {b * 1e3:.3g} ms per trial), summed over the schedule "
+        f"({row['trial_steps']} trial-steps, {row['steps']} steps); the optimum search timed per iteration",
+        {k: row[k] for k in ("models", "steps", "trial_steps", "train_seconds", "optimum_seconds",
+                              "seconds_per_step_full", "seconds_per_step_fit")},
+        not_counted="the optimum search (Newton / L-BFGS) and the float64 evaluation; FLOPs by the counted table "
+                    "of flops_per_trial_step")
 
 
 def draw_figure(data: dict[str, Any], cfg: Config, out_dir: Path) -> list[Path]:

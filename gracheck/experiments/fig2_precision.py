@@ -371,6 +371,33 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"residual_threshold: expected > 0, got {cfg.residual_threshold}")
 
 
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config`` (:mod:`gracheck.experiments._plan`): per latent size d, the control and block
+    models over β as ensembles, then Σ⁻¹ and JᵀJ at ``n_test`` held-out points per model."""
+    from gracheck.experiments._plan import final_job, measure_probe, sum_estimates, training_jobs
+    from gracheck.train import build_model
+
+    _validate(config)
+    grid = grid_configs(config, seed=seed, device=device)  # what ``run`` trains through _zoo.train_grid
+    cfgs = {d: [c for c in grid if c.latent_dim == d] for d in config.latent_dims}
+
+    def probe(d: int):
+        def run_probe(dev: str, k: int) -> None:
+            with torch_threads(config.num_threads):
+                evaluate_model(build_model(cfgs[d][-1]), torch.rand(k, 1, 28, 28), device=dev, eval_batch=config.eval_batch)
+        return run_probe
+
+    def measure(dev: str):
+        return sum_estimates([measure_probe(probe(d), units=len(cfgs[d]) * config.n_test, batch=config.eval_batch,
+                                            device=dev, key=(CLAIM_ID, d, repr(config)), what=f"evaluate_model (d = {d})")
+                              for d in config.latent_dims])
+
+    n = sum(len(v) for v in cfgs.values())
+    return [*training_jobs(CLAIM_ID, grid), final_job(
+        CLAIM_ID, what=f"Σ⁻¹ and JᵀJ (float64) at {config.n_test} held-out points × {n} models; bootstrap statistics "
+                       "and figures not timed", measure=measure)]
+
+
 def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None = None) -> ExperimentResult:
     """Train (or load) every model of ``config``, evaluate Σ⁻¹ and JᵀJ at held-out points, draw the figures."""
     from gracheck.data import mnist_images

@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -458,6 +459,29 @@ def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[
         claim_id=CLAIM_ID, scale=scale_of(CONFIGS, config), config=config_dict(config), seeds=[seed], device=device,
         metrics=metrics, figures=figures, seconds=time.perf_counter() - t0, created=now_utc(), data=data, notes=notes,
     )
+
+
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config`` (:mod:`gracheck.experiments._plan`): the (b, β) grid trained as ensembles, then
+    the four objectives on ``n_test`` held-out points per model (timed on random images, an untrained model)."""
+    from gracheck.experiments._plan import final_job, measure_probe, training_jobs
+    from gracheck.train import build_model
+
+    _validate(config)
+    cfgs = grid_configs(config, seed=seed, device=device)  # what ``run`` trains through _zoo.train_grid
+
+    def probe(dev: str, k: int) -> None:
+        with torch_threads(config.num_threads):
+            evaluate_objectives(build_model(cfgs[-1]), torch.rand(k, 1, 28, 28), float(config.betas[0]), n_mc=config.n_mc,
+                                generator_1=torch.Generator().manual_seed(0), generator_mc=torch.Generator().manual_seed(1),
+                                device=dev, eval_batch=config.eval_batch)
+
+    units = len(cfgs) * config.n_test
+    return [*training_jobs(CLAIM_ID, cfgs), final_job(
+        CLAIM_ID, what=f"four objectives (float64, {config.n_mc}-sample reference, three Jacobians) at {config.n_test} "
+                       f"held-out points × {len(cfgs)} models; bootstrap statistics and figure not timed",
+        measure=lambda dev: measure_probe(probe, units=units, batch=config.eval_batch, device=dev,
+                                          key=(CLAIM_ID, json.dumps(config_dict(config))), what="evaluate_objectives"))]
 
 
 def check(res: ExperimentResult) -> list[CheckResult]:

@@ -466,6 +466,36 @@ def _fmt_ci(t) -> str:
 # ----------------------------------------------------------------------------------------------
 # run / check
 # ----------------------------------------------------------------------------------------------
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config`` (:mod:`gracheck.experiments._plan`): the β × objective × run grid as ensembles
+    (one group per objective), then ``n_samples`` prior samples per model and their distances."""
+    from gracheck.experiments._plan import final_job, measure_probe, training_jobs
+    from gracheck.train import build_model
+
+    _validate(config)
+    cfgs = grid_configs(config, seed=seed, device=device)  # what ``run`` trains through _zoo.train_grid
+
+    def blocked() -> str | None:
+        if not config.require_full_celeba:
+            return None
+        try:
+            require_full_celeba()
+        except FileNotFoundError as e:
+            return str(e).splitlines()[0]
+        return None
+
+    def probe(dev: str, k: int) -> None:
+        with torch_threads(config.num_threads):
+            prior_samples(build_model(cfgs[0]), k, seed=0, device=dev, batch=config.eval_batch)
+
+    return [*training_jobs(CLAIM_ID, cfgs, blocked=blocked), final_job(
+        CLAIM_ID, what=f"{config.n_samples} prior samples × {len(cfgs)} models; the domain feature net "
+                       f"({config.feature_steps} steps, once), features, KID/FD and the figures not timed",
+        measure=lambda dev: measure_probe(probe, units=len(cfgs) * config.n_samples, batch=config.eval_batch, device=dev,
+                                          key=(CLAIM_ID, repr(config)), what="prior_samples"),
+        blocked=blocked)]
+
+
 def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None = None) -> ExperimentResult:
     """Train (or load) every model, decode prior samples, measure distances and sharpness, draw the figures."""
     from gracheck import fid

@@ -380,6 +380,37 @@ def setting_statistics(data: dict[str, Any], cfg: Config, seed: int) -> dict[str
     return out
 
 
+def plan(config: Config, *, seed: int = 0, device: str = "cpu") -> list:
+    """The work of ``config`` (:mod:`gracheck.experiments._plan`): β-VAE and GRAE≈ models over the β grid as
+    ensembles (one per objective), then both yardsticks and the prior samples at ``n_test`` points per model."""
+    from gracheck.experiments._plan import final_job, measure_probe, sum_estimates, training_jobs
+    from gracheck.train import build_model
+
+    _validate(config)
+    grid = grid_configs(config, seed=seed, device=device)  # what ``run`` trains through _zoo.train_grid
+    cfgs = {mk: [c for c in grid if c.model == mk] for mk in MODELS}
+
+    def probe(mk: str):
+        def run_probe(dev: str, k: int) -> None:
+            with torch_threads(config.num_threads):
+                m = build_model(cfgs[mk][0])
+                evaluate_objectives(m, mk, torch.rand(k, 1, 28, 28), float(config.betas[0]), device=dev,
+                                    eval_batch=config.eval_batch, elbo_samples=config.elbo_samples, seed=0)
+                prior_samples(m, torch.randn(k, config.latent_dim), device=dev, eval_batch=config.eval_batch)
+        return run_probe
+
+    def measure(dev: str):
+        return sum_estimates([measure_probe(probe(mk), units=len(config.betas) * config.n_test, batch=config.eval_batch,
+                                            device=dev, key=(CLAIM_ID, mk, repr(config)),
+                                            what=f"evaluate_objectives + prior_samples ({mk})") for mk in MODELS])
+
+    n = sum(len(v) for v in cfgs.values())
+    return [*training_jobs(CLAIM_ID, grid), final_job(
+        CLAIM_ID, what=f"ELBO ({config.elbo_samples} samples) and GRAE (full J) at {config.n_test} held-out points, "
+                       f"{config.n_test} prior samples, × {n} models; the domain feature net (trained once, cached), "
+                       "KID/FD bootstraps and the figure not timed", measure=measure)]
+
+
 def run(config: Config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None = None) -> ExperimentResult:
     """Train (or load) both models per β, evaluate both yardsticks and the domain FD, draw the figure."""
     from gracheck.data import mnist_images

@@ -38,7 +38,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="list every claim (id, kind, statement hash, paper source) and exit")
     p.add_argument("--json", action="store_true",
                    help="with --list: print the claims as JSON (id, kind, source, statement, corrected, statement_hash, "
-                        "methods, takes_candidate, candidate_signature; schema: gracheck/report/claims.schema.json)")
+                        "methods, takes_candidate, candidate_signature; schema: gracheck/report/claims.schema.json); "
+                        "with --plan: print the plan document (gracheck/report/plan.schema.json)")
+    p.add_argument("--plan", action="store_true",
+                   help="list, per empirical claim, the models, steps, counted FLOPs and the time estimated on this "
+                        "device from short measured warm-ups; trains nothing (with --json: the plan document)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="run within SECONDS of wall time: empirical claims first, in priority order (fig1, fig3, "
+                        "eq6, grae-approx, fig2, fig4), only the jobs their plan says fit; the rest is skipped as "
+                        "'not run here (budget)'; a rerun with the same cache continues (exit code 4 when anything "
+                        "was left). With --plan: say which jobs such a run would start")
     return p
 
 
@@ -48,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = _parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on its own errors
-    if args.json and not args.list:
-        parser.error("--json: only with --list")
+    if args.json and not (args.list or args.plan):
+        parser.error("--json: only with --list or --plan")
     if args.list:
         from gracheck.report._list import claim_lines, claim_list
 
@@ -60,6 +69,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("\n".join(claim_lines()))
         return 0
+    if args.plan or args.budget is not None:
+        from gracheck.report._plan import plan_main, run_with_budget
+
+        try:
+            if args.plan:
+                from gracheck.report._run import check_device, default_device
+
+                dev = check_device(args.device if args.device is not None else default_device())
+                return plan_main(scale=args.scale, device=dev, only=args.only, seed=args.seed, as_json=args.json,
+                                 budget=args.budget, quiet=args.quiet)
+            run = run_with_budget(args.budget, out_dir=args.out, scale=args.scale, device=args.device, only=args.only,
+                                  seed=args.seed, strict=args.strict, quiet=args.quiet, use_cache=not args.no_cache)
+        except UsageError as e:
+            print(f"python -m gracheck.report: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as e:
+            print(f"python -m gracheck.report: environment error (exit {EXIT_INTERNAL}): {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return EXIT_INTERNAL
+        res = run.report
+        print(res.summary_line())
+        print(f"report: {res.html_path} (also {res.markdown_path.name}, {res.results_path.name}); budget "
+              f"{run.budget:.0f} s, used {run.seconds:.0f} s; exit code {run.exit_code}")
+        return run.exit_code
     quiet = args.quiet
     try:
         res = build_report(

@@ -137,6 +137,7 @@ def _experiment_section(doc: dict[str, Any], base: Path, title: str, cid: str, s
         out.append(f'<p class="alert"><strong>Paper-scale result present but unreadable:</strong> {_e(p["error"])}</p>')
     else:
         verdict = p["verdict"] + (f" ({p['verdict_reason']})" if p.get("verdict_reason") else "")
+        out.append(f"<p><em>{_e(T.provenance_line(p))}</em></p>")
         out.append(_metrics(base, p, f"{p['label']} — decision rule: {verdict}", cid))
     return "".join(out)
 

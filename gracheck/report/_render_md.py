@@ -52,6 +52,7 @@ def _experiment_section(doc: dict[str, Any], title: str, cid: str, shows: str) -
         lines += [f"**Paper-scale result present but unreadable:** {p['error']}", ""]
     else:
         verdict = p["verdict"] + (f" ({p['verdict_reason']})" if p.get("verdict_reason") else "")
+        lines += [f"*{T.provenance_line(p)}*", ""]
         lines += _metrics_block({**p, "claim_id": cid}, f"{p['label']} — decision rule: {verdict}")
     return lines
 

@@ -54,7 +54,8 @@ from gracheck.base.evidence import CheckResult, CheckSkipped, Claim, Evidence, j
 from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit, is_terminal
 from gracheck.base.verdicts import combine
 from gracheck.base.version import __version__
-from gracheck.experiments import SCALES, ExperimentResult, now_utc
+from gracheck.base import deadline as _deadline
+from gracheck.experiments import BUDGET_REASON, SCALES, ExperimentResult, now_utc
 
 STATUSES = ("verified", "erratum-confirmed", "refuted", "inconclusive", "failed", "skipped")
 
@@ -64,6 +65,8 @@ EXIT_CODES = {
     EXIT_CLAIM_FAILED: "a derivation or erratum failed (or, with --strict, an empirical claim that ran is not verified)",
     EXIT_USAGE: "bad usage",
     EXIT_INTERNAL: "internal error or bad environment (a check raised, or the report could not be written)",
+    4: "with --budget: some claims were not run (or not finished) for lack of time; a rerun with the same cache "
+       "continues (1 and 3 outrank it)",
 }
 
 
@@ -391,11 +394,18 @@ def load_paper_result(claim: Claim, results_dir: Path | None, out_dir: Path, *, 
         verdict_reason = str(e)
     except Exception as e:  # noqa: BLE001
         verdict, verdict_reason = "error", _traceback_summary(e)
+    from gracheck.report._text import device_text
+
+    when, dev = prov.get("date") or res.created or "undated", device_text(prov.get("device")) or res.device
+    pdev = prov.get("device")
+    dtype = pdev.get("type") if isinstance(pdev, dict) else None
+    on_gpu = dtype == "cuda" if dtype else str(res.device).startswith("cuda")
+    if res.scale == "paper":  # the device kind as recorded: a paper-scale run on a CPU is never called a GPU run
+        label = f"paper scale ({'GPU' if on_gpu else 'CPU'} run committed in results/, {when}, {dev})"
+    else:  # e.g. the paper-run script's tiny test size: never presented as the paper's numbers
+        label = f"{res.scale} scale, NOT the paper's settings (from {path.name}, {when}, {dev})"
     entry.update(
-        label=(
-            f"paper scale (GPU run committed in results/, {prov.get('date') or res.created or 'undated'}, "
-            f"{prov.get('device') or res.device})"
-        ),
+        label=label,
         provenance=prov,
         scale=res.scale,
         config=res.config,
@@ -509,6 +519,8 @@ def build_report(
     progress: Callable[[str], None] | None = None,
     results_dir: str | os.PathLike | None | bool = True,
     use_cache: bool = True,
+    priority: Iterable[str] | None = None,
+    configs: dict[str, Any] | None = None,
 ) -> ReportResult:
     """Run the selected claims and write ``results.json``, ``report.md``, ``report.html`` and ``figures/``.
 
@@ -521,7 +533,12 @@ def build_report(
     lines; otherwise they go to stderr (a live display on a terminal, one line per claim as it finishes
     elsewhere); ``progress`` receives them instead of stderr when given. ``results_dir``: the
     folder of committed paper-scale results (True: the repository's ``results/``; None or
-    False: none). Raises :class:`UsageError` on bad arguments.
+    False: none). ``priority``: claim ids run first, in that order (the rest follow in registry
+    order; ``--budget`` passes :data:`gracheck.experiments.PRIORITY`). ``configs``: claim id ->
+    an experiment config to run instead of ``CONFIGS[scale]`` (e.g. a tiny paper-shaped size; its
+    results are labelled "custom"). Under a deadline (:func:`gracheck.base.deadline.deadline`, set by
+    ``--budget``) a claim reached after the deadline is skipped ("not run here (budget)") and an
+    empirical claim runs only the jobs of its plan that fit. Raises :class:`UsageError` on bad arguments.
     """
     t_start = time.perf_counter()
     if scale not in SCALES:
@@ -530,6 +547,13 @@ def build_report(
         raise UsageError(f"--seed: expected a non-negative integer, got {seed!r}")
     device = _check_device(device if device is not None else default_device())
     claims = select_claims(only)
+    if priority is not None:
+        rank = {cid: i for i, cid in enumerate(priority)}
+        claims = sorted(claims, key=lambda c: rank.get(c.id, len(rank)))  # stable: the rest keep registry order
+    configs = dict(configs or {})
+    for cid in configs:
+        if cid not in {c.id for c in claims if c.kind == "empirical"}:
+            raise UsageError(f"configs: {cid!r} is not a selected empirical claim")
     candidates = dict(candidates or {})
     selected = {c.id: c for c in claims}
     for cid, cand in candidates.items():
@@ -574,9 +598,14 @@ def build_report(
 
             kw = {"scale": scale, "device": device, "out_dir": out / "figures", "use_cache": use_cache,
                   "progress": _sub if sink is not None else None}
+            if c.id in configs:
+                kw["config"] = configs[c.id]
         else:
             prog.begin(f"{prog.prefix(i, c.id)} ... running {', '.join(c.methods) or 'its check'}")
-        results, skipped, error, record = _run_methods(c, seed=seed, candidate=cand, kw=kw)
+        if _deadline.expired():
+            results, skipped, error, record = [], [f"{BUDGET_REASON}: the deadline passed before it started"], None, None
+        else:
+            results, skipped, error, record = _run_methods(c, seed=seed, candidate=cand, kw=kw)
         exp_res = record if isinstance(record, ExperimentResult) else None
         status, reason = _status(c.kind, results, skipped, error)
         dt = time.perf_counter() - t0
@@ -685,3 +714,6 @@ def build_report(
 def schema_path() -> Path:
     """The JSON Schema (draft 2020-12) that ``results.json`` follows."""
     return Path(__file__).with_name("results.schema.json")
+
+
+check_device = _check_device  # public: the --plan path of the CLI validates --device the same way

@@ -190,6 +190,44 @@ def section_absence(doc: dict[str, Any], cid: str) -> str | None:
     return None
 
 
+def device_text(dev: Any) -> str:
+    """A paper-run provenance's device (a dict from the paper-run script, or an older plain string) in words."""
+    if not dev:
+        return ""
+    if isinstance(dev, str):
+        return dev
+    if isinstance(dev, dict):
+        name = dev.get("name") or dev.get("type") or "unknown device"
+        count = dev.get("count")
+        mem = dev.get("memory_gib")
+        out = f"{name}" + (f" ×{count}" if count and count != 1 else "")
+        return out + (f", {fmt(mem, 3)} GiB" if mem else "")
+    return str(dev)
+
+
+def provenance_line(p: dict[str, Any]) -> str:
+    """One line from a paper-scale result's provenance: device, versions, wall time, achieved vs peak rate, commit."""
+    prov = p.get("provenance") or {}
+    parts = []
+    dev = device_text(prov.get("device"))
+    if dev:
+        parts.append(f"device {dev}")
+    if prov.get("torch"):
+        parts.append(f"torch {prov['torch']}")
+    if isinstance(prov.get("wall_seconds"), (int, float)):
+        parts.append(f"wall time {fmt(prov['wall_seconds'], 3)} s")
+    rate = prov.get("achieved_tflops")
+    if isinstance(rate, (int, float)):
+        peak = prov.get("peak_tflops") or {}
+        peaks = ", ".join(f"{k} {fmt(v, 3)}" for k, v in peak.items() if isinstance(v, (int, float)))
+        parts.append(f"achieved {fmt(rate, 3)} TFLOP/s counted" + (f" (peak TFLOP/s: {peaks})" if peaks else ""))
+    if prov.get("git_commit"):
+        parts.append(f"commit {prov['git_commit']}")
+    if prov.get("budget_seconds") is not None:
+        parts.append(f"budget {fmt(prov['budget_seconds'], 3)} s")
+    return "Provenance: " + ("; ".join(parts) if parts else "none recorded")
+
+
 def data_read_line(exp: dict[str, Any]) -> str | None:
     """"data read: <folder> (<how chosen>); <file> <algo> <digest prefix>, ..." for an experiment entry that
     recorded its data (``data_read``); None when it read no data file or did not record it."""
