@@ -36,3 +36,16 @@ def fmt(v: Any, digits: int = 6, *, short: bool = False) -> str:
         return f"[{inner}{', …' if short and len(v) > 6 else ''}]"
     s = str(v)
     return s if not short or len(s) <= 160 else s[:157] + "..."
+
+
+def fmt_seconds(s: float | None, missing: str = "not estimated") -> str:
+    """A duration for people: ``"42 s"``, ``"3.5 min"``, ``"2.1 h"``, ``"4.0 days"``; ``missing`` for None/NaN/inf."""
+    if s is None or not math.isfinite(s):
+        return missing
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"

@@ -52,7 +52,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import statistics
 import time
@@ -63,6 +62,7 @@ from typing import Any
 from gracheck.base import deadline as _deadline
 from gracheck.base.evidence import CheckSkipped
 from gracheck.base.files import cache_dir, entry_lock
+from gracheck.base.text import fmt_seconds
 
 __all__ = [
     "BUDGET_REASON", "CPU_PROBE_FLOPS", "CUDA_TIMED_STEPS", "Estimate", "Job", "MARGIN", "MAX_ENSEMBLE",
@@ -495,14 +495,6 @@ def plan_experiment(module, config, *, seed: int = 0, device: str = "cpu") -> li
 # ----------------------------------------------------------------------------------------------
 # Running under a budget
 # ----------------------------------------------------------------------------------------------
-def _fmt_s(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def run_planned(module, config, *, seed: int, device: str, out_dir, progress: Callable[[str], None] | None):
@@ -533,12 +525,12 @@ def run_planned(module, config, *, seed: int, device: str, out_dir, progress: Ca
         if left is not None and (need is None or need > left):
             done_n = sum(j.is_done() for j in jobs)
             raise CheckSkipped(
-                f"{BUDGET_REASON}: job {i}/{n} {job.name!r} needs ~{_fmt_s(need)} (plan estimate "
-                f"{_fmt_s(None if est.seconds is None else est.seconds * frac)} × {SAFETY:g} + {MARGIN:g} s; "
-                f"{frac:.0%} of it left) and {_fmt_s(max(left, 0.0))} are left; {done_n} of {n} jobs done and cached; "
+                f"{BUDGET_REASON}: job {i}/{n} {job.name!r} needs ~{fmt_seconds(need, '?')} (plan estimate "
+                f"{fmt_seconds(None if est.seconds is None else est.seconds * frac, '?')} × {SAFETY:g} + {MARGIN:g} s; "
+                f"{frac:.0%} of it left) and {fmt_seconds(max(left, 0.0), '?')} are left; {done_n} of {n} jobs done and cached; "
                 "a rerun with the same cache continues")
-        say(f"job {i}/{n} {job.name}: estimated {_fmt_s(None if est.seconds is None else est.seconds * frac)}, "
-            f"{_fmt_s(left)} left")
+        say(f"job {i}/{n} {job.name}: estimated {fmt_seconds(None if est.seconds is None else est.seconds * frac, '?')}, "
+            f"{fmt_seconds(left, '?')} left")
         t0 = time.perf_counter()
         try:
             if job.final:

@@ -32,6 +32,7 @@ from typing import Any
 
 from gracheck.base import deadline as _deadline
 from gracheck.base.files import git_commit
+from gracheck.base.text import fmt_seconds
 from gracheck.base.version import __version__
 from gracheck.experiments import (BUDGET_REASON, NOT_COUNTED, PRIORITY, estimate, experiment_module, now_utc,
                                   plan_experiment, result_cached)
@@ -166,7 +167,7 @@ def gpu_floor(jobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _floor_text(f: dict[str, Any]) -> str:
-    return (f"≥ {_fmt_s(f['seconds'])} on one {f['device']} at peak"
+    return (f"≥ {fmt_seconds(f['seconds'])} on one {f['device']} at peak"
             + ("" if f["complete"] else " (jobs without a FLOP count left out)"))
 
 
@@ -210,7 +211,7 @@ def simulate_budget(doc: dict[str, Any], budget: float) -> dict[str, Any]:
                 break
             need = None if j["remaining_seconds"] is None else SAFETY * j["remaining_seconds"] + MARGIN
             if need is None or need > left:
-                stop = f"{j['name']} needs ~{_fmt_s(need)}, {_fmt_s(left)} left"
+                stop = f"{j['name']} needs ~{fmt_seconds(need)}, {fmt_seconds(left)} left"
                 break
             left -= j["remaining_seconds"]
             done_keys.add(key)
@@ -220,16 +221,6 @@ def simulate_budget(doc: dict[str, Any], budget: float) -> dict[str, Any]:
             "rule": f"a job starts when {SAFETY:g} × its remaining estimate + {MARGIN:g} s fits in the time left"}
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "not estimated"
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    if s < 3 * 86400:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
 
 
 def _fmt_flops(f: int | float | None) -> str:
@@ -265,8 +256,8 @@ def render_plan_text(doc: dict[str, Any]) -> str:
             steps = f"{j['steps']} steps" if j["steps"] else ""
             runs = f"{j['runs']} run{'s' if j['runs'] != 1 else ''}" if j["runs"] else ""
             L.append(f"   - {j['name']}: {', '.join(x for x in (runs, steps) if x) or 'evaluation'}; "
-                     f"{_fmt_flops(j['flops'])}{'' if j['flops'] is None else ' counted'}; est. {_fmt_s(j['seconds'])}"
-                     + (f" ({_fmt_s(j['remaining_seconds'])} left)" if j['remaining_seconds'] != j['seconds'] else "")
+                     f"{_fmt_flops(j['flops'])}{'' if j['flops'] is None else ' counted'}; est. {fmt_seconds(j['seconds'])}"
+                     + (f" ({fmt_seconds(j['remaining_seconds'])} left)" if j['remaining_seconds'] != j['seconds'] else "")
                      + (f"  [{'; '.join(flags)}]" if flags else ""))
             L.append(f"       {j['what']}")
             if j["method"]:
@@ -275,14 +266,14 @@ def render_plan_text(doc: dict[str, Any]) -> str:
                 L.append(f"       not in its FLOP count: {j['not_counted']}")
         t = c["total"]
         L.append(f"   claim total: {t['runs']} models/trials, {_fmt_flops(t['flops'])} counted"
-                 f"{'' if t['flops_complete'] else ' (some jobs not counted)'}, est. {_fmt_s(t['seconds'])}"
-                 f"{'' if t['seconds_complete'] else ' (some jobs not estimated)'}, {_fmt_s(t['remaining_seconds'])} left; "
+                 f"{'' if t['flops_complete'] else ' (some jobs not counted)'}, est. {fmt_seconds(t['seconds'])}"
+                 f"{'' if t['seconds_complete'] else ' (some jobs not estimated)'}, {fmt_seconds(t['remaining_seconds'])} left; "
                  f"GPU floor {_floor_text(c['gpu_floor'])}")
         L.append("")
     t = doc["total"]
     L.append(f"Total for the {len(doc['claims'])} claim(s) (jobs shared between claims counted once): {t['runs']} "
-             f"models/trials, {_fmt_flops(t['flops'])} counted, est. {_fmt_s(t['seconds'])} on {doc['device']}, "
-             f"{_fmt_s(t['remaining_seconds'])} left; GPU floor {_floor_text(doc['gpu_floor'])}.")
+             f"models/trials, {_fmt_flops(t['flops'])} counted, est. {fmt_seconds(t['seconds'])} on {doc['device']}, "
+             f"{fmt_seconds(t['remaining_seconds'])} left; GPU floor {_floor_text(doc['gpu_floor'])}.")
     pk = doc["gpu_floor"]["peaks_tflops"]
     L.append(f"GPU floor: counted FLOPs at one {doc['gpu_floor']['device']}'s peak for each job's precision on CUDA "
              f"(training bf16 {pk['train']:g}, evaluation fp64 {pk['evaluate']:g}, Fig. 1 trials fp32 "
