@@ -101,7 +101,8 @@ CelebA images at half resolution, resized to 64×64), β ∈ {0.1, 1.0} (the few
 ``runs`` = 2 runs per β (seeds seed, seed + 1; the first versions had one; 3 runs put the cold default
 report at 637 s, over its 10-minute budget, with fig4 taking 287 s of it — measured 2026-12-02 on the
 2-core development machine, before any 2-run result was seen; at smoke scale the samples-near-the-data
-precondition fails by ~70×, so the run count cannot change the verdict there), d = 32, and a
+precondition fails by ~70×, so the run count cannot change the verdict there; with 2 runs the ≥ 3 runs
+precondition of rules 1 and 2 is unmet at smoke by this choice and says so), d = 32, and a
 one-hidden-layer ELU **MLP** (12288-128-d) instead of the App. D conv net: that net costs 1-2.5 s
 per step on 2 CPU cores even at width 1/32 (its first and last layers run 5×5 kernels at 64×64),
 so no conv width fits the budget; 300 Adam steps of 32 images; 400 samples per model vs 400
