@@ -1712,7 +1712,9 @@ def _measure_setting(cfg: Config, nl: str, amortised: bool, *, seed: int, device
     :func:`estimate_cost`'s short measured warm-up (see :func:`plan`)."""
     from gracheck.experiments._plan import Estimate
 
-    row = estimate_cost(cfg, device=device, settings=[(nl, amortised)], seed=seed)["settings"][0]
+    # 2 warm-up steps (the fewest estimate_cost takes): at paper scale a full-batch step of a nonlinear setting
+    # takes seconds on a CPU, and the plan must finish in minutes
+    row = estimate_cost(cfg, device=device, settings=[(nl, amortised)], seed=seed, warmup_steps=2)["settings"][0]
     a, b = row["seconds_per_step_fit"]
     return Estimate(
         row["seconds"], int(row["flops"]),
