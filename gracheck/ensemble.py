@@ -134,6 +134,8 @@ from torch import Tensor
 
 from gracheck import nets, posteriors
 from gracheck.base import deadline as _deadline
+from gracheck.base.files import atomic_write_bytes, atomic_write_text
+from gracheck.base.stats import derive_seed
 from gracheck import train as _tr
 from gracheck._chain import ACTIVATION_RULES, CHAIN_ROWS, batch_stats, channel_shape, normalise
 from gracheck.objectives import grae_regularizer, hadamard_bound, sample_columns
@@ -1018,7 +1020,7 @@ class EnsembleRun:
         self.obs = _tr.make_obs(cfg)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         rng = self.device if rng_device is None else torch.device(rng_device)
-        self.gens = [torch.Generator(device=rng).manual_seed(_tr.derive_seed("noise", c.seed, 0)) for c in self.configs]
+        self.gens = [torch.Generator(device=rng).manual_seed(derive_seed("noise", c.seed, 0)) for c in self.configs]
         self.beta = torch.tensor([[c.beta] for c in self.configs], dtype=dtype, device=self.device)
         if data is None:
             train_x, held, self.data_desc = _tr.load_data(cfg, data_root)
@@ -1149,8 +1151,8 @@ def _write_ensemble_checkpoint(out: Path, step: int, payload: dict, keep: int) -
     path = out / f"ckpt-{step:08d}.pt"
     buf = io.BytesIO()
     torch.save(payload, buf)
-    _tr.atomic_write_bytes(path, buf.getvalue())
-    _tr.atomic_write_text(out / "latest", path.name + "\n")
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_text(out / "latest", path.name + "\n")
     for old in _ckpt_files(out)[keep:]:
         old.unlink(missing_ok=True)
     return path
@@ -1183,7 +1185,7 @@ def _newest_ensemble_checkpoint(out: Path, map_location="cpu") -> tuple[dict, Pa
 
 
 def _write_json(path: Path, obj) -> None:
-    _tr.atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def load_ensemble_checkpoint(path_or_dir, *, map_location="cpu") -> tuple[EnsembleRun, int]:
@@ -1334,7 +1336,7 @@ def _prepare_folders(out: Path, dirs: list[Path], cfgs, conv: str, ck_path: Path
                                         "configs": [c.to_dict() for c in cfgs],
                                         "model_dirs": [_dir_key(out, p) for p in dirs]})
     for p, c in zip(dirs, cfgs):
-        _tr.atomic_write_text(p / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
+        atomic_write_text(p / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
         if start < c.steps:  # training continues: an earlier export's result no longer describes the folder
             (p / "result.json").unlink(missing_ok=True)
         for f in _ckpt_files(p):  # our own exports past the resume point (we fell back): recomputed, bitwise
@@ -1495,7 +1497,7 @@ def _export(run: EnsembleRun, cfgs, out: Path, dirs, conv, device, seconds, last
 
 def _synthetic(cfg: TrainConfig, n: int) -> tuple[Tensor, Tensor]:
     shape = nets.IMAGE_SHAPES[cfg.dataset]
-    g = torch.Generator().manual_seed(_tr.derive_seed("synthetic", cfg.seed))
+    g = torch.Generator().manual_seed(derive_seed("synthetic", cfg.seed))
     return torch.rand(n, *shape, generator=g), torch.rand(min(n, cfg.eval_size), *shape, generator=g)
 
 

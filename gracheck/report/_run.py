@@ -41,7 +41,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 import traceback
@@ -51,7 +50,7 @@ from typing import Any
 
 from gracheck import claims as _claims
 from gracheck.base.evidence import CheckResult, CheckSkipped, Claim, Evidence, jsonable
-from gracheck.base.files import REPO_ROOT, atomic_write_text, git_commit, is_terminal
+from gracheck.base.files import REPO_ROOT, atomic_copy, atomic_write_text, git_commit, is_terminal
 from gracheck.base.verdicts import combine
 from gracheck.base.version import __version__
 from gracheck.base import deadline as _deadline
@@ -384,7 +383,7 @@ def load_paper_result(claim: Claim, results_dir: Path | None, out_dir: Path, *, 
         src = Path(f) if Path(f).is_absolute() else path.parent / f
         if src.is_file():
             dst = out_dir / "figures" / f"paper-{src.name}"
-            shutil.copyfile(src, dst)
+            atomic_copy(src, dst)
             figs.append(dst.relative_to(out_dir).as_posix())
     verdict, verdict_reason, results = "not checked", "", []
     try:
